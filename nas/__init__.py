@@ -1,0 +1,98 @@
+"""Hardware-aware neural architecture search: spaces and searchers as plug-ins, every
+candidate priced by a cost model (analytic or a measured latency LUT).
+
+Library API::
+
+    import nas
+    space = nas.get_space("nb201")
+    searcher = nas.get_searcher("optuna", sampler="tpe", n_evals=50)
+    result = nas.search(space, searcher, cost_model="macs", evaluator="table", seed=0)
+"""
+
+from __future__ import annotations
+
+from nas.arch import Arch, Decision
+from nas.costs import CostModel
+from nas.errors import NASError
+from nas.evaluators import BenchmarkTable, Evaluator, Score
+from nas.ledger import Evaluation, Ledger
+from nas.ops import OpSpec, register_op_kind
+from nas.registry import (COST_MODELS, DATASETS, EVALUATORS, SEARCHERS, SPACES, register_cost_model,
+                          register_dataset, register_evaluator, register_searcher, register_space)
+from nas.search import SearchProblem, SearchResult, Searcher, run_search
+from nas.space import Space
+
+__version__ = "0.1.0"
+
+
+def get_space(name: str, **cfg) -> Space:
+    return SPACES.create(name, **cfg)
+
+
+def get_searcher(name: str, **cfg) -> Searcher:
+    return SEARCHERS.create(name, **cfg)
+
+
+def get_cost_model(name: str, **cfg) -> CostModel:
+    return COST_MODELS.create(name, **cfg)
+
+
+def get_evaluator(name: str, **cfg) -> Evaluator:
+    return EVALUATORS.create(name, **cfg)
+
+
+def get_dataset(name: str, **cfg):
+    return DATASETS.create(name, **cfg)
+
+
+def list_spaces(pattern: str = "*") -> list[str]:
+    return SPACES.names(pattern)
+
+
+def list_searchers(pattern: str = "*") -> list[str]:
+    return SEARCHERS.names(pattern)
+
+
+def list_cost_models(pattern: str = "*") -> list[str]:
+    return COST_MODELS.names(pattern)
+
+
+def list_evaluators(pattern: str = "*") -> list[str]:
+    return EVALUATORS.names(pattern)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    return DATASETS.names(pattern)
+
+
+def search(space: Space | str, searcher: Searcher | str, cost_model: CostModel | str = "macs",
+           evaluator: Evaluator | str = "train", data=None, budget: float | None = None, seed: int = 0,
+           storage=None, study_name: str = "search", progress: bool = False) -> SearchResult:
+    """Run ``searcher`` on ``space`` from Python; names are looked up in the registries.
+
+    ``data`` is a data set (or its registered name) for evaluators that train;
+    ``storage`` an Optuna storage URL for the ledger (in memory when None).
+    """
+    space = get_space(space) if isinstance(space, str) else space
+    searcher = get_searcher(searcher) if isinstance(searcher, str) else searcher
+    cost_model = get_cost_model(cost_model) if isinstance(cost_model, str) else cost_model
+    evaluator = get_evaluator(evaluator) if isinstance(evaluator, str) else evaluator
+    if isinstance(data, str):
+        data = get_dataset(data)
+    evaluator.bind(space, data)
+    ledger = Ledger(space, study_name, storage, evaluator.metric, cost_model.name or "cost")
+    problem = SearchProblem(space, cost_model, evaluator, ledger, budget, seed, progress)
+    return run_search(searcher, problem)
+
+
+# Register the core's own plug-ins (analytic cost models, evaluators, data sets).
+from nas import costs as _costs  # noqa: E402,F401
+from nas import data as _data  # noqa: E402,F401
+
+__all__ = [
+    "Arch", "Decision", "OpSpec", "Space", "CostModel", "Evaluator", "Score", "Searcher", "SearchProblem",
+    "SearchResult", "Evaluation", "Ledger", "BenchmarkTable", "NASError", "register_space", "register_searcher",
+    "register_cost_model", "register_evaluator", "register_dataset", "register_op_kind", "get_space",
+    "get_searcher", "get_cost_model", "get_evaluator", "get_dataset", "list_spaces", "list_searchers",
+    "list_cost_models", "list_evaluators", "list_datasets", "search", "run_search",
+]

@@ -1,0 +1,166 @@
+"""The ledger: one Optuna study per run, in which every evaluated Arch is a trial.
+
+Trial parameters are the Arch's decisions (categorical), values are ``[quality, cost]``
+(maximise, minimise), and user attributes hold the Arch JSON, its key, the other metrics
+and the worker that evaluated it. The study is the run's memory: the Optuna dashboard
+shows it, and a re-run with the same storage and name finds its finished trials and
+does not evaluate them again. A trial left RUNNING by a worker that was killed is taken
+over by the next evaluation of the same Arch.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+
+from nas.arch import Arch
+from nas.errors import NASError
+from nas.space import Space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@dataclass
+class Evaluation:
+    """One evaluated Arch: its quality, cost and other metrics, and its ledger trial."""
+
+    arch: Arch
+    quality: float
+    cost: float
+    metrics: dict = field(default_factory=dict)
+    trial: int | None = None
+    feasible: bool = True
+
+    def to_dict(self) -> dict:
+        return {"arch": dict(self.arch), "arch_key": self.arch.key(), "quality": self.quality, "cost": self.cost,
+                "feasible": self.feasible, "trial": self.trial, "metrics": self.metrics}
+
+
+def _process_start_ticks(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a zombie is dead; only its entry remains
+        return None
+    return fields[19]
+
+
+def worker_id() -> str:
+    """host:pid:start-time, so a recycled pid is not mistaken for the same worker."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_start_ticks(pid)}"
+
+
+def worker_alive(worker: str) -> bool:
+    """Whether a worker id names a live process. Workers on other hosts count as alive."""
+    try:
+        host, pid, ticks = worker.rsplit(":", 2)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return True
+    return _process_start_ticks(int(pid)) == ticks
+
+
+def open_storage(storage: str | None):
+    """``None`` or ``'memory'``: in memory; ``sqlite:///...`` or any Optuna storage URL; a
+    path ending in ``.log``: a journal file; an Optuna storage object passes through."""
+    if storage is None or storage == "memory":
+        return optuna.storages.InMemoryStorage()
+    if not isinstance(storage, str):
+        return storage
+    if storage.endswith(".log") and "://" not in storage:
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(storage))
+    if "://" not in storage:
+        raise NASError(f"storage {storage!r} is not a URL; use 'memory', a path ending in .log, "
+                       "'sqlite:///PATH' or another database URL")
+    try:
+        return optuna.storages.RDBStorage(storage)
+    except Exception as exc:  # SQLAlchemy raises many types for a bad URL or an unreachable server
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NASError(f"cannot open storage {storage!r}: {first}") from None
+
+
+class Ledger:
+    """An Optuna study recording every evaluation of one run."""
+
+    def __init__(self, space: Space, study_name: str, storage=None, quality_name: str = "quality",
+                 cost_name: str = "cost"):
+        self.space = space
+        self.storage = open_storage(storage)
+        self.study = optuna.create_study(storage=self.storage, study_name=study_name, load_if_exists=True,
+                                         directions=["maximize", "minimize"])
+        if [d.name for d in self.study.directions] != ["MAXIMIZE", "MINIMIZE"]:
+            raise NASError(f"study {study_name!r} in this storage is not a ledger of [quality, cost]")
+        self.study_id = self.storage.get_study_id_from_name(study_name)
+        self.study.set_metric_names([quality_name, cost_name])
+        self.worker = worker_id()
+        self.distributions = {d.name: CategoricalDistribution(d.options) for d in space.decisions()}
+        self._complete: dict[str, Evaluation] = {}
+        self._stale: dict[str, int] = {}  # arch key -> trial id of a RUNNING trial whose worker died
+        for t in self.study.get_trials(deepcopy=False):
+            key = t.user_attrs.get("arch_key")
+            if key is None:
+                continue
+            if t.state == TrialState.COMPLETE and key not in self._complete:
+                self._complete[key] = self._evaluation(t)
+            elif t.state == TrialState.RUNNING and not worker_alive(t.user_attrs.get("worker", "")):
+                self._stale[key] = t._trial_id
+
+    @staticmethod
+    def _evaluation(t) -> Evaluation:
+        return Evaluation(Arch.from_json(t.user_attrs["arch"]), t.values[0], t.values[1],
+                          t.user_attrs.get("metrics", {}), t.number, t.user_attrs.get("feasible", True))
+
+    def __len__(self) -> int:
+        return len(self._complete)
+
+    def lookup(self, arch: Arch) -> Evaluation | None:
+        return self._complete.get(arch.key())
+
+    def start(self, arch: Arch) -> int:
+        """Open a RUNNING trial for ``arch`` (or take over a dead worker's) and return its id."""
+        key = arch.key()
+        if key in self._stale:
+            trial_id = self._stale.pop(key)
+            self.storage.set_trial_user_attr(trial_id, "worker", self.worker)
+            self.storage.set_trial_user_attr(trial_id, "resumed", True)
+            return trial_id
+        params = {name: arch[name] for name in self.distributions}
+        template = create_trial(state=TrialState.RUNNING, params=params, distributions=self.distributions,
+                                user_attrs={"arch": arch.to_json(), "arch_key": key, "worker": self.worker})
+        return self.storage.create_new_trial(self.study_id, template_trial=template)
+
+    def finish(self, trial_id: int, evaluation: Evaluation) -> Evaluation:
+        self.storage.set_trial_user_attr(trial_id, "metrics", evaluation.metrics)
+        self.storage.set_trial_user_attr(trial_id, "feasible", evaluation.feasible)
+        self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [evaluation.quality, evaluation.cost])
+        evaluation.trial = self.storage.get_trial_number_from_id(trial_id)
+        self._complete[evaluation.arch.key()] = evaluation
+        return evaluation
+
+    def fail(self, trial_id: int, reason: str) -> None:
+        self.storage.set_trial_user_attr(trial_id, "error", reason)
+        self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+    def close_stale(self) -> int:
+        """Mark trials of dead workers that nobody took over as FAIL; return how many."""
+        for trial_id in self._stale.values():
+            self.fail(trial_id, "abandoned: its worker died and the search did not propose it again")
+        n, self._stale = len(self._stale), {}
+        return n
+
+    def evaluations(self) -> list[Evaluation]:
+        return sorted(self._complete.values(), key=lambda e: e.trial)

@@ -1,0 +1,332 @@
+"""The run CLI: ``python -m nas.run space=NAME searcher=NAME target=NAME data=NAME``.
+
+Configuration is Hydra's: config groups under ``nas/conf/{space,searcher,target,data,
+evaluator}``, every field overridable (``searcher.n_evals=50``), ``--multirun`` to sweep.
+Plug-ins registered without a YAML file get a config node made from their constructor's
+defaults, so a third-party space is usable by name. Bad input ends with one line on
+stderr and exit code 2; nothing already in the ledger is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from nas.errors import USER_ERROR_EXIT_CODE, NASError, one_of
+from nas.registry import COST_MODELS, DATASETS, EVALUATORS, SEARCHERS, SPACES, config_fields, import_plugins
+
+CONF_DIR = Path(__file__).parent / "conf"
+#: config group -> registry of the plug-ins it selects
+GROUP_REGISTRIES = {"space": SPACES, "searcher": SEARCHERS, "evaluator": EVALUATORS, "data": DATASETS}
+GROUPS = ("space", "searcher", "target", "data", "evaluator")
+#: the config parts that decide what an evaluation yields: a run may only resume with them unchanged
+EVALUATION_KEYS = ("space", "data", "evaluator", "target", "seed")
+#: space fields that, left null, are taken from the data set
+DATA_FIELDS = ("resolution", "num_classes", "in_channels")
+
+
+def _plain(value):
+    """Constructor defaults as YAML-able values (tuples become lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def yaml_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def group_options(group: str) -> list[str]:
+    names = set(yaml_options(group))
+    if group == "target":
+        names |= set(COST_MODELS.names())
+    else:
+        names |= set(GROUP_REGISTRIES[group].names())
+    return sorted(names)
+
+
+def register_config_nodes() -> None:
+    """Give every registered plug-in without a YAML file a config node of its defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for group, registry in GROUP_REGISTRIES.items():
+        have = set(yaml_options(group))
+        for name in registry.names():
+            if name in have:
+                continue
+            fields = _plain(config_fields(registry.get(name)))
+            if group == "space":
+                fields.update({k: None for k in DATA_FIELDS if k in fields})
+            cs.store(group=group, name=name, node={"name": name, **fields})
+    have = set(yaml_options("target"))
+    for name in COST_MODELS.names():
+        if name not in have:
+            options = _plain(config_fields(COST_MODELS.get(name)))
+            cs.store(group="target", name=name, node={"name": name, "cost_model": name, "options": options})
+
+
+def help_text() -> str:
+    lines = [
+        "Hardware-aware neural architecture search.",
+        "",
+        "usage: python -m nas.run [GROUP=OPTION ...] [KEY=VALUE ...] [--multirun] [--help]",
+        "",
+        "Config groups and their options:",
+    ]
+    for group in GROUPS:
+        lines.append(f"  {group + ':':11s}{', '.join(group_options(group))}")
+    lines += [
+        "",
+        "Top-level fields: seed, budget (cost limit in the target's unit), run_name, output_dir,",
+        "storage (Optuna storage URL; default SQLite in the run directory), progress, save_model, plugins.",
+        "Any field of a group is overridable: searcher.n_evals=50, evaluator.epochs=1, data.path=...",
+        "Re-running with the same run_name resumes: finished evaluations are not repeated.",
+        "",
+        "examples:",
+        "  python -m nas.run                                      # mbconv on mnist5k, random search",
+        "  python -m nas.run space=nb201 evaluator=table searcher=optuna searcher.n_evals=100",
+        "  python -m nas.run searcher=optuna searcher.sampler=nsga2 target=roofline_cpu",
+        "  python -m nas.run budget=2e6 target=macs searcher=optuna",
+        "",
+        "Hydra's own options: --hydra-help, --cfg job, --multirun.",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- config checks
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def compose_checked(overrides: list[str]):
+    """Compose the config as Hydra will, turning every mistake into a one-line NASError."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    selections, fields = [], []
+    for ov in overrides:
+        if "=" not in ov:
+            raise NASError(f"argument {ov!r} is not an override; write KEY=VALUE (e.g. space=nb201) or see --help")
+        key = ov.split("=", 1)[0].lstrip("+~")
+        value = ov.split("=", 1)[1]
+        if key in GROUPS:
+            if value not in group_options(key):
+                kind = "target" if key == "target" else GROUP_REGISTRIES[key].kind
+                raise NASError(f"unknown {kind} {value!r}; registered {kind}s: {one_of(group_options(key))}")
+            selections.append(ov)
+        else:
+            fields.append(ov)
+    try:
+        with initialize_config_module("nas.conf", version_base=None):
+            base = compose("config", overrides=selections)
+            for ov in fields:
+                if ov.startswith("+"):
+                    continue
+                key = ov.split("=", 1)[0].lstrip("~")
+                parent, _, leaf = key.rpartition(".")
+                node = OmegaConf.select(base, parent) if parent else base
+                if node is None or not OmegaConf.is_dict(node) or leaf not in node:
+                    where = f"{parent} ({node.name})" if parent in GROUPS and node is not None else (parent or "the run")
+                    known = ", ".join(k for k in (node.keys() if OmegaConf.is_dict(node) else []) if k != "hydra")
+                    raise NASError(f"{key!r} is not a field of {where}; its fields are: {known}")
+            cfg = compose("config", overrides=selections + fields)
+            OmegaConf.resolve(cfg)
+    except NASError:
+        raise
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise NASError(f"bad override: {_first_line(exc)}") from None
+    return cfg
+
+
+def _check_type(section: str, cfg: dict, key: str, types: tuple, allow_none: bool = False) -> None:
+    value = cfg.get(key)
+    if value is None and allow_none:
+        return
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+        names = " or ".join(t.__name__ for t in types) + (" or null" if allow_none else "")
+        raise NASError(f"{section}{key} must be {names}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def _same_evaluations(old: dict, new: dict) -> list[str]:
+    """Dotted keys among EVALUATION_KEYS whose values differ between two configs."""
+    diffs = []
+
+    def walk(a, b, prefix):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        elif a != b:
+            diffs.append(prefix)
+
+    for key in EVALUATION_KEYS:
+        walk(old.get(key), new.get(key), key)
+    return diffs
+
+
+def _save_atomic(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def execute(cfg: dict):
+    """Run one search from a resolved config dict; write the run directory; return the result."""
+    import nas
+    from nas.ledger import Ledger
+    from nas.plot import plot_pareto
+    from nas.search import SearchProblem, run_search
+
+    import_plugins(cfg.get("plugins"))
+    _check_type("", cfg, "seed", (int,))
+    _check_type("", cfg, "budget", (int, float), allow_none=True)
+    _check_type("", cfg, "run_name", (str,))
+    for group in GROUPS:
+        if not isinstance(cfg.get(group), dict) or "name" not in cfg[group]:
+            raise NASError(f"config group {group!r} must select an option (e.g. {group}={group_options(group)[0]})")
+
+    def fields(group):
+        return {k: v for k, v in cfg[group].items() if k != "name"}
+
+    space_cfg = fields("space")
+    evaluator = nas.get_evaluator(cfg["evaluator"]["name"], **fields("evaluator"))
+    need_data = evaluator.needs_data or any(space_cfg.get(k, 0) is None for k in DATA_FIELDS)
+    data = nas.get_dataset(cfg["data"]["name"], **fields("data")) if need_data else None
+    if data is not None:
+        filled = {"resolution": data.resolution, "num_classes": data.num_classes, "in_channels": data.in_channels}
+        for k in DATA_FIELDS:
+            if k in space_cfg and space_cfg[k] is None:
+                space_cfg[k] = filled[k]
+    space = nas.get_space(cfg["space"]["name"], **space_cfg)
+    target = cfg["target"]
+    if "cost_model" not in target:
+        raise NASError(f"target {target['name']!r} must name a cost_model ({one_of(COST_MODELS.names())})")
+    cost_model = nas.get_cost_model(target["cost_model"], **(target.get("options") or {}))
+    searcher = nas.get_searcher(cfg["searcher"]["name"], **fields("searcher"))
+    searcher.check(space)
+    evaluator.bind(space, data)
+
+    run_dir = Path(cfg["output_dir"]) / cfg["run_name"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    if config_path.exists():
+        old = yaml.safe_load(config_path.read_text()) or {}
+        diffs = _same_evaluations(old, cfg)
+        if diffs:
+            raise NASError(f"run {str(run_dir)!r} was made with other settings ({', '.join(diffs[:4])} differ), "
+                           "so its evaluations do not apply; choose another run_name or output_dir")
+    config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    storage = cfg.get("storage") or f"sqlite:///{(run_dir / 'ledger.db').resolve()}"
+    ledger = Ledger(space, cfg["run_name"], storage, evaluator.metric, cost_model.name or "cost")
+    n_before = len(ledger)
+    model_path = run_dir / "model.pt"
+
+    def save_best_model(evaluation, model, best_before):
+        if not cfg.get("save_model", True) or model is None or not evaluation.feasible:
+            return
+        if best_before is None or evaluation.quality > best_before.quality or (
+                evaluation.quality == best_before.quality and evaluation.cost < best_before.cost):
+            _save_atomic({"space": space.name, "space_config": space.config(), "arch": dict(evaluation.arch),
+                          "arch_key": evaluation.arch.key(), "state_dict": model.state_dict()}, model_path)
+
+    problem = SearchProblem(space, cost_model, evaluator, ledger, cfg.get("budget"), cfg["seed"],
+                            bool(cfg.get("progress", True)), save_best_model)
+    if n_before:
+        print(f"resuming run {cfg['run_name']!r}: {n_before} evaluations in its ledger", file=sys.stderr)
+    result = run_search(searcher, problem)
+
+    weights = None
+    if result.best is not None and model_path.exists():
+        import torch
+
+        saved = torch.load(model_path, map_location="cpu", weights_only=True)
+        if saved.get("arch_key") == result.best.arch.key():
+            weights = model_path.name
+    summary = {
+        "run_name": cfg["run_name"], "space": space.name, "searcher": searcher.name,
+        "evaluator": evaluator.name, "data": cfg["data"]["name"] if data is not None else None,
+        "target": target["name"], "cost_model": cost_model.name, "cost_unit": cost_model.unit,
+        "quality_metric": evaluator.metric, "seed": cfg["seed"], "storage": storage, "weights": weights,
+        **result.to_dict(),
+    }
+    (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
+    if result.best is not None:
+        (run_dir / "arch.json").write_text(result.best.arch.to_json(space=space.name, indent=2))
+    plot_pareto(result, run_dir / "pareto.png", f"{target['name']} ({cost_model.unit})", evaluator.metric,
+                f"{space.name} / {searcher.name} / {cfg['run_name']}")
+
+    print(f"run directory: {run_dir}")
+    print(f"evaluations: {result.n_evals} ({result.extras.get('reused_from_ledger', 0)} read back from the ledger)")
+    if result.best is None:
+        print("best: none within the budget")
+    else:
+        b = result.best
+        print(f"best: {evaluator.metric} {b.quality:.4f}, {target['name']} {b.cost:.6g} {cost_model.unit}, "
+              f"trial {b.trial}: {b.arch.to_json()}")
+    print(f"pareto front: {len(result.pareto)} architectures (result.json, pareto.png)")
+    return result
+
+
+def _hydra_task(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        execute(container)
+    except NASError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def _plugins_from_argv(argv: list[str]) -> list[str]:
+    for arg in argv:
+        if arg.startswith("plugins="):
+            value = arg.split("=", 1)[1].strip("[]")
+            return [m.strip() for m in value.split(",") if m.strip()]
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        import_plugins(_plugins_from_argv(argv))
+        register_config_nodes()
+        if "--help" in argv or "-h" in argv:
+            print(help_text())
+            return 0
+        hydra_flags = [a for a in argv if a.startswith("-")]
+        if not hydra_flags:
+            compose_checked(argv)  # a mistake is reported before anything starts
+    except NASError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
+
+    import hydra
+
+    task = hydra.main(version_base=None, config_path="conf", config_name="config")(_hydra_task)
+    sys.argv = [sys.argv[0]] + argv
+    task()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Searchers, the search problem they work on, and their result."""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from nas.arch import Arch
+from nas.costs import CostModel
+from nas.errors import NASError
+from nas.evaluators import Evaluator
+from nas.ledger import Evaluation, Ledger
+from nas.space import Space
+
+
+def pareto_front(evals: list[Evaluation]) -> list[Evaluation]:
+    """Evaluations not dominated in (higher quality, lower cost), sorted by cost."""
+    front = []
+    best_quality = -math.inf
+    for e in sorted(evals, key=lambda e: (e.cost, -e.quality)):
+        if e.quality > best_quality:
+            front.append(e)
+            best_quality = e.quality
+    return front
+
+
+def best_of(evals: list[Evaluation]) -> Evaluation | None:
+    """Highest quality among feasible evaluations; ties go to the cheaper, then the earlier."""
+    feasible = [e for e in evals if e.feasible]
+    if not feasible:
+        return None
+    return min(feasible, key=lambda e: (-e.quality, e.cost, evals.index(e)))
+
+
+@dataclass
+class SearchResult:
+    best: Evaluation | None
+    pareto: list[Evaluation]
+    history: list[Evaluation]
+    budget: float | None = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def n_evals(self) -> int:
+        return len(self.history)
+
+    @classmethod
+    def from_evaluations(cls, history: list[Evaluation], budget: float | None = None, **extras) -> "SearchResult":
+        return cls(best_of(history), pareto_front(history), list(history), budget, extras)
+
+    def to_dict(self) -> dict:
+        return {"best": self.best.to_dict() if self.best else None,
+                "pareto": [e.to_dict() for e in self.pareto],
+                "n_evals": self.n_evals, "budget": self.budget, **self.extras}
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+
+class SearchProblem:
+    """What a searcher works on: a space, a cost model, an evaluator, an optional budget on
+    the cost, and the ledger that records (and on resume replays) every evaluation.
+
+    Searchers call :meth:`evaluate`; an Arch already in the ledger is returned from it
+    without evaluating again, so a deterministic searcher re-run with the same seed
+    resumes exactly where a killed run stopped.
+    """
+
+    def __init__(self, space: Space, cost_model: CostModel, evaluator: Evaluator, ledger: Ledger | None = None,
+                 budget: float | None = None, seed: int = 0, progress: bool = True,
+                 on_evaluation: Callable | None = None):
+        self.space = space
+        self.cost_model = cost_model
+        self.evaluator = evaluator
+        self.ledger = ledger if ledger is not None else Ledger(space, "search")
+        self.budget = budget
+        self.seed = seed
+        self.show_progress = progress
+        self.on_evaluation = on_evaluation
+        self.history: list[Evaluation] = []
+        self._by_key: dict[str, Evaluation] = {}
+        self.n_reused = 0
+        self._bar = None
+
+    # ---------------------------------------------------------------- budget
+    def cost(self, arch: Arch) -> float:
+        return self.cost_model.cost(self.space.ops(arch))
+
+    def within_budget(self, cost: float) -> bool:
+        return self.budget is None or cost <= self.budget
+
+    def check_budget(self) -> None:
+        """NASError if no architecture of the space fits the budget."""
+        if self.budget is None:
+            return
+        cheapest, arch, exact = self.space.min_cost(self.cost_model)
+        if cheapest > self.budget:
+            how = "the cheapest architecture" if exact else "the cheapest of the architectures tried"
+            raise NASError(f"budget {self.budget:g} {self.cost_model.unit} is infeasible for space "
+                           f"{self.space.name!r}: {how} costs {cheapest:g} {self.cost_model.unit}")
+
+    # ---------------------------------------------------------------- evaluation
+    def begin(self, total: int | None, desc: str = "search") -> None:
+        """Start the progress bar for ``total`` evaluations."""
+        if self.show_progress:
+            self._bar = tqdm(total=total, desc=desc, unit="arch", dynamic_ncols=True)
+
+    def end(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    @property
+    def n_evaluated(self) -> int:
+        return len(self.history)
+
+    def seen(self, arch: Arch) -> Evaluation | None:
+        """The evaluation of ``arch`` in this search so far, if any."""
+        return self._by_key.get(self.space.canonicalize(arch).key())
+
+    def evaluate(self, arch) -> Evaluation:
+        """Cost and quality of ``arch``, recorded in the ledger (or read back from it)."""
+        arch = self.space.validate(arch)
+        key = arch.key()
+        if key in self._by_key:
+            return self._by_key[key]
+        found = self.ledger.lookup(arch)
+        if found is not None:
+            self.n_reused += 1
+            return self._record(found, model=None)
+        ops = self.space.ops(arch)
+        cost = self.cost_model.cost(ops)
+        trial_id = self.ledger.start(arch)
+        try:
+            score = self.evaluator.evaluate(self.space, arch)
+        except Exception as exc:
+            self.ledger.fail(trial_id, f"{type(exc).__name__}: {exc}")
+            raise
+        metrics = {"macs": sum(op.macs() for op in ops), "params": sum(op.num_params() for op in ops),
+                   **score.metrics}
+        evaluation = Evaluation(arch, float(score.quality), cost, metrics, feasible=self.within_budget(cost))
+        if self.on_evaluation is not None:
+            # Before the ledger commits, so a kill in between re-evaluates (deterministically).
+            self.on_evaluation(evaluation, score.model, self.best())
+        self.ledger.finish(trial_id, evaluation)
+        return self._record(evaluation, model=score.model)
+
+    def _record(self, evaluation: Evaluation, model) -> Evaluation:
+        self.history.append(evaluation)
+        self._by_key[evaluation.arch.key()] = evaluation
+        if self._bar is not None:
+            best = self.best()
+            self._bar.update(1)
+            if best is not None:
+                self._bar.set_postfix(best=f"{best.quality:.4f}", cost=f"{best.cost:.4g}", refresh=False)
+        return evaluation
+
+    def best(self) -> Evaluation | None:
+        return best_of(self.history)
+
+    def result(self, **extras) -> SearchResult:
+        return SearchResult.from_evaluations(self.history, self.budget, **extras)
+
+
+class Searcher(abc.ABC):
+    """Proposes Archs to :meth:`SearchProblem.evaluate` and returns a SearchResult.
+
+    ``requires`` names the space capabilities it needs (see :meth:`Space.require`).
+    """
+
+    name: str = ""
+    requires: tuple[str, ...] = ()
+
+    def check(self, space: Space) -> None:
+        for capability in self.requires:
+            space.require(capability, f"searcher {self.name!r}")
+
+    @abc.abstractmethod
+    def search(self, problem: SearchProblem) -> SearchResult:
+        """Run the search; every evaluation goes through ``problem.evaluate``."""
+
+
+def run_search(searcher: Searcher, problem: SearchProblem) -> SearchResult:
+    """Check compatibility and the budget, run the searcher, close the ledger's loose ends."""
+    searcher.check(problem.space)
+    problem.check_budget()
+    try:
+        result = searcher.search(problem)
+    finally:
+        problem.end()
+    problem.ledger.close_stale()
+    result.extras.setdefault("searcher", searcher.name)
+    result.extras.setdefault("reused_from_ledger", problem.n_reused)
+    return result

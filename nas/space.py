@@ -1,0 +1,193 @@
+"""The Space base class: what every search space plug-in offers."""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import math
+from typing import Iterator
+
+import numpy as np
+from torch import nn
+
+from nas.arch import Arch, Decision
+from nas.errors import NASError, one_of
+from nas.ops import OpSpec
+
+
+class Space(abc.ABC):
+    """A search space: decisions, sampling, validation, model building and costing.
+
+    Subclasses implement :meth:`decisions`, :meth:`build` and :meth:`ops`, and take their
+    configuration as keyword arguments with defaults (the CLI's ``space.*`` fields). A
+    trainable space takes ``resolution``, ``num_classes`` and ``in_channels``.
+
+    Optional capabilities, which searchers ask for by name (see :meth:`require`):
+    ``presets`` (:meth:`_presets`), ``table`` (:meth:`benchmark_table`), and those later
+    plug-ins add (a weight-sharing supernet, per-layer candidates, relaxed parameters).
+    """
+
+    name: str = ""  # set by the registry
+
+    def __init__(self, resolution: int = 32, num_classes: int = 10, in_channels: int = 3):
+        for field, value in (("resolution", resolution), ("num_classes", num_classes), ("in_channels", in_channels)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise NASError(f"space field {field} must be a positive integer, got {value!r}")
+        self.resolution = resolution
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self._decision_cache: list[Decision] | None = None
+
+    # ------------------------------------------------------------------ decisions
+    @abc.abstractmethod
+    def _make_decisions(self) -> list[Decision]:
+        """The space's decisions, in a fixed order (computed once)."""
+
+    def decisions(self, tag: str | None = None) -> list[Decision]:
+        if self._decision_cache is None:
+            ds = list(self._make_decisions())
+            names = [d.name for d in ds]
+            if len(set(names)) != len(names):
+                raise ValueError(f"space {self.name!r} declares a decision name twice")
+            self._decision_cache = ds
+        if tag is None:
+            return list(self._decision_cache)
+        return [d for d in self._decision_cache if d.tag == tag]
+
+    def decision(self, name: str) -> Decision:
+        for d in self.decisions():
+            if d.name == name:
+                return d
+        raise NASError(f"space {self.name!r} has no decision {name!r}")
+
+    def size(self) -> int:
+        """Number of decision combinations (an upper bound on distinct networks)."""
+        return math.prod(len(d.options) for d in self.decisions())
+
+    # ------------------------------------------------------------------ archs
+    def sample(self, rng: np.random.Generator) -> Arch:
+        """A uniformly random choice per decision, canonicalised."""
+        values = {d.name: d.options[int(rng.integers(len(d.options)))] for d in self.decisions()}
+        return self.canonicalize(Arch(values))
+
+    def canonicalize(self, arch: Arch) -> Arch:
+        """Map archs that build the same network to one representative (e.g. decisions of
+        blocks that a depth decision switches off). The default changes nothing."""
+        return arch
+
+    def check(self, arch: Arch) -> None:
+        """Space-specific constraints beyond per-decision options; raise NASError."""
+
+    def validate(self, arch) -> Arch:
+        """Check ``arch`` against the space and return its canonical form (NASError if bad)."""
+        if not isinstance(arch, Arch):
+            arch = Arch(arch)
+        known = {d.name: d for d in self.decisions()}
+        unknown = [k for k in arch if k not in known]
+        if unknown:
+            raise NASError(
+                f"arch has decision {unknown[0]!r} that space {self.name!r} does not have; "
+                f"its decisions are: {', '.join(known)}"
+            )
+        missing = [k for k in known if k not in arch]
+        if missing:
+            raise NASError(f"arch lacks decision {missing[0]!r} of space {self.name!r} ({len(missing)} missing)")
+        values = {}
+        for name, d in known.items():
+            values[name] = d.options[d.index(arch[name])]  # NASError names the options
+        arch = Arch(values)
+        self.check(arch)
+        return self.canonicalize(arch)
+
+    def enumerate(self) -> Iterator[Arch]:
+        """Every combination of options (only sensible for small spaces)."""
+        ds = self.decisions()
+        for combo in itertools.product(*(d.options for d in ds)):
+            yield Arch(dict(zip((d.name for d in ds), combo)))
+
+    # ------------------------------------------------------------------ models
+    @abc.abstractmethod
+    def build(self, arch: Arch) -> nn.Module:
+        """A standalone ``torch.nn.Module`` for ``arch`` taking ``input_shape`` inputs."""
+
+    @abc.abstractmethod
+    def ops(self, arch: Arch) -> list[OpSpec]:
+        """The layers of ``arch`` as OpSpecs, for costing."""
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.resolution, self.resolution)
+
+    def config(self) -> dict:
+        """The space's config fields and values (what ``space.*`` overrides set)."""
+        from nas.registry import config_fields
+
+        return {k: getattr(self, k) for k in config_fields(type(self)) if hasattr(self, k)}
+
+    # ------------------------------------------------------------------ presets
+    def _presets(self) -> dict[str, dict]:
+        """Published networks of this space as ``name -> {decision: option}``."""
+        return {}
+
+    def presets(self) -> list[str]:
+        return list(self._presets())
+
+    def preset(self, name: str) -> Arch:
+        table = self._presets()
+        if name not in table:
+            raise NASError(f"space {self.name!r} has no preset {name!r}; presets: {one_of(table)}")
+        return self.validate(Arch(table[name]))
+
+    # ------------------------------------------------------------------ capabilities
+    def benchmark_table(self, path: str | None = None):
+        """Tabular spaces return a :class:`nas.evaluators.BenchmarkTable` (their own, or one
+        read from ``path``) and map archs to its keys with :meth:`table_key`."""
+        return None
+
+    def table_key(self, arch: Arch) -> str:
+        """The key of ``arch`` in the benchmark table (tabular spaces only)."""
+        raise NASError(f"space {self.name!r} has no benchmark table")
+
+    def capabilities(self) -> set[str]:
+        caps = set()
+        if self._presets():
+            caps.add("presets")
+        if type(self).benchmark_table is not Space.benchmark_table:
+            caps.add("table")
+        return caps
+
+    def require(self, capability: str, who: str) -> None:
+        """Raise a NASError naming the missing capability (called by searchers/evaluators)."""
+        if capability not in self.capabilities():
+            raise NASError(
+                f"{who} needs a space with {capability!r}, and space {self.name!r} does not offer it "
+                f"(it offers: {', '.join(sorted(self.capabilities())) or 'nothing optional'})"
+            )
+
+    def min_cost(self, cost_model, n_samples: int = 2000, seed: int = 0) -> tuple[float, Arch, bool]:
+        """The cheapest architecture under ``cost_model``: ``(cost, arch, exact)``.
+
+        Small spaces are enumerated (exact). Others take the cheapest of the first and last
+        options everywhere and ``n_samples`` random archs (``exact`` is False); spaces whose
+        cost is a sum over independent choices override this with the exact minimum.
+        """
+        if self.size() <= 4096:
+            candidates = (self.canonicalize(a) for a in self.enumerate())
+            exact = True
+        else:
+            rng = np.random.default_rng(seed)
+            ds = self.decisions()
+            firsts = self.canonicalize(Arch({d.name: d.options[0] for d in ds}))
+            lasts = self.canonicalize(Arch({d.name: d.options[-1] for d in ds}))
+            candidates = itertools.chain([firsts, lasts], (self.sample(rng) for _ in range(n_samples)))
+            exact = False
+        best = None
+        for arch in candidates:
+            try:
+                self.check(arch)
+            except NASError:
+                continue
+            c = cost_model.cost(self.ops(arch))
+            if best is None or c < best[0]:
+                best = (c, arch)
+        return best[0], best[1], exact

@@ -1,0 +1,88 @@
+"""Short training from scratch, the quality signal of the ``train`` evaluator."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+
+from nas.data import ImageDataset, Split
+from nas.errors import NASError
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise NASError(f"device {device!r} asked for, but CUDA is not available here; use device=cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise NASError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'") from None
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise NASError(f"unknown optimizer {name!r}; accepted: 'sgd', 'adam', 'adamw'")
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, data: ImageDataset, split: Split, input_shape, batch_size: int,
+             device: torch.device) -> tuple[float, float]:
+    """(top-1 accuracy in [0, 1], mean cross-entropy) of ``model`` on ``split``."""
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for start in range(0, len(split), batch_size):
+        idx = slice(start, start + batch_size)
+        x, y = data.batch(split, idx, input_shape)
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+    n = max(1, len(split))
+    return correct / n, loss_sum / n
+
+
+def train(model: nn.Module, data: ImageDataset, input_shape, epochs: int, batch_size: int, optimizer: str,
+          lr: float, momentum: float, weight_decay: float, seed: int, device: torch.device) -> dict:
+    """Train ``model`` on ``data.train`` with a cosine learning-rate schedule; report
+    validation accuracy and loss. Deterministic for a given seed on one device."""
+    if epochs < 0 or batch_size < 1:
+        raise NASError(f"training needs epochs >= 0 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}")
+    model.to(device)
+    opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
+    n = len(data.train)
+    steps_per_epoch = max(1, math.ceil(n / batch_size))
+    total = max(1, epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    train_loss = float("nan")
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        for s in range(steps_per_epoch):
+            idx = perm[s * batch_size:(s + 1) * batch_size]
+            if len(idx) < 2:  # BatchNorm needs more than one sample
+                continue
+            x, y = data.batch(data.train, idx, input_shape)
+            x, y = x.to(device), y.to(device)
+            loss = nn.functional.cross_entropy(model(x), y)
+            if not torch.isfinite(loss):
+                raise NASError(f"training diverged: loss is {loss.item()} at epoch {epoch}, step {s}; "
+                               "lower evaluator.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            train_loss = loss.item()
+    train_time = time.perf_counter() - start
+    val_acc, val_loss = accuracy(model, data, data.val, input_shape, 512, device)
+    return {"accuracy": val_acc, "val_loss": val_loss, "train_loss": train_loss, "train_seconds": train_time}

@@ -1,0 +1,35 @@
+"""Random search: uniform samples of the space, skipping repeats and (under a budget)
+archs whose cost is over it, which are priced but never trained."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nas import NASError, Searcher, register_searcher
+
+
+@register_searcher("random")
+class RandomSearch(Searcher):
+    def __init__(self, n_evals: int = 20, max_samples_per_eval: int = 1000):
+        if n_evals < 1:
+            raise NASError(f"searcher.n_evals must be >= 1, got {n_evals}")
+        if max_samples_per_eval < 1:
+            raise NASError(f"searcher.max_samples_per_eval must be >= 1, got {max_samples_per_eval}")
+        self.n_evals = n_evals
+        self.max_samples_per_eval = max_samples_per_eval
+
+    def search(self, problem):
+        rng = np.random.default_rng(problem.seed)
+        problem.begin(self.n_evals, desc="random search")
+        samples, over_budget = 0, 0
+        limit = self.n_evals * self.max_samples_per_eval
+        while problem.n_evaluated < self.n_evals and samples < limit:
+            arch = problem.space.sample(rng)
+            samples += 1
+            if problem.seen(arch) is not None:
+                continue
+            if problem.budget is not None and not problem.within_budget(problem.cost(arch)):
+                over_budget += 1
+                continue
+            problem.evaluate(arch)
+        return problem.result(samples=samples, skipped_over_budget=over_budget)
