@@ -29,7 +29,15 @@ class CostModel(abc.ABC):
         return 0.0
 
     def cost(self, ops: Iterable[OpSpec]) -> float:
-        return float(sum(self.op_cost(op) for op in ops) + self.overhead())
+        # Layers repeat across archs and within one; price each distinct OpSpec once.
+        cache = self.__dict__.setdefault("_op_costs", {})
+        total = 0.0
+        for op in ops:
+            c = cache.get(op)
+            if c is None:
+                c = cache[op] = self.op_cost(op)
+            total += c
+        return float(total + self.overhead())
 
     def describe(self) -> str:
         return f"{self.name} ({self.unit})"

@@ -25,7 +25,6 @@ from nas.errors import NASError
 from nas.space import Space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 @dataclass
@@ -105,7 +104,9 @@ class Ledger:
         if [d.name for d in self.study.directions] != ["MAXIMIZE", "MINIMIZE"]:
             raise NASError(f"study {study_name!r} in this storage is not a ledger of [quality, cost]")
         self.study_id = self.storage.get_study_id_from_name(study_name)
-        self.study.set_metric_names([quality_name, cost_name])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study.set_metric_names([quality_name, cost_name])
         self.worker = worker_id()
         self.distributions = {d.name: CategoricalDistribution(d.options) for d in space.decisions()}
         self._complete: dict[str, Evaluation] = {}

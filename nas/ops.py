@@ -40,6 +40,7 @@ class OpSpec:
     kind: str
     params: tuple
     name: str = field(default="", compare=False)
+    _dict: dict = field(default=None, compare=False, repr=False, hash=False)
 
     @classmethod
     def make(cls, kind: str, name: str = "", **params) -> "OpSpec":
@@ -53,20 +54,16 @@ class OpSpec:
         return cls(kind, tuple(sorted(full.items())), name)
 
     def __getitem__(self, item):
-        for k, v in self.params:
-            if k == item:
-                return v
-        raise KeyError(item)
+        return self.p[item]
 
     def get(self, item, default=None):
-        for k, v in self.params:
-            if k == item:
-                return v
-        return default
+        return self.p.get(item, default)
 
     @property
     def p(self) -> dict:
-        return dict(self.params)
+        if self._dict is None:
+            object.__setattr__(self, "_dict", dict(self.params))
+        return self._dict
 
     @property
     def key(self) -> str:

@@ -42,12 +42,37 @@ def accuracy(model: nn.Module, data: ImageDataset, split: Split, input_shape, ba
     for start in range(0, len(split), batch_size):
         idx = slice(start, start + batch_size)
         x, y = data.batch(split, idx, input_shape)
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, memory_format=torch.channels_last), y.to(device)
         out = model(x)
         loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
     n = max(1, len(split))
     return correct / n, loss_sum / n
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: ImageDataset, input_shape, batch_size: int, device,
+                          max_batches: int = 20) -> None:
+    """Re-estimate BatchNorm running statistics as exact averages over training batches.
+
+    After a few hundred steps the exponential running averages still lag the weights, and
+    validation accuracy in eval mode can be far below what the network has learned.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+    model.train()
+    n = len(data.train)
+    for start in range(0, min(n, max_batches * batch_size), batch_size):
+        x, _ = data.batch(data.train, slice(start, start + batch_size), input_shape)
+        if len(x) > 1:
+            model(x.to(device, memory_format=torch.channels_last))
+    for bn, m in zip(bns, momenta):
+        bn.momentum = m
 
 
 def train(model: nn.Module, data: ImageDataset, input_shape, epochs: int, batch_size: int, optimizer: str,
@@ -56,7 +81,8 @@ def train(model: nn.Module, data: ImageDataset, input_shape, epochs: int, batch_
     validation accuracy and loss. Deterministic for a given seed on one device."""
     if epochs < 0 or batch_size < 1:
         raise NASError(f"training needs epochs >= 0 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}")
-    model.to(device)
+    # channels_last: depthwise convolutions train several times faster on CPU in this layout
+    model.to(device=device, memory_format=torch.channels_last)
     opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
     n = len(data.train)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
@@ -73,7 +99,7 @@ def train(model: nn.Module, data: ImageDataset, input_shape, epochs: int, batch_
             if len(idx) < 2:  # BatchNorm needs more than one sample
                 continue
             x, y = data.batch(data.train, idx, input_shape)
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device, memory_format=torch.channels_last), y.to(device)
             loss = nn.functional.cross_entropy(model(x), y)
             if not torch.isfinite(loss):
                 raise NASError(f"training diverged: loss is {loss.item()} at epoch {epoch}, step {s}; "
@@ -83,6 +109,7 @@ def train(model: nn.Module, data: ImageDataset, input_shape, epochs: int, batch_
             opt.step()
             sched.step()
             train_loss = loss.item()
+    recalibrate_batchnorm(model, data, input_shape, batch_size, device)
     train_time = time.perf_counter() - start
     val_acc, val_loss = accuracy(model, data, data.val, input_shape, 512, device)
     return {"accuracy": val_acc, "val_loss": val_loss, "train_loss": train_loss, "train_seconds": train_time}

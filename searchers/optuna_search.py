@@ -19,10 +19,6 @@ from nas import Arch, NASError, Searcher, register_searcher
 SAMPLERS = ("tpe", "nsga2", "random")
 
 
-def _constraint(trial) -> list[float]:
-    return trial.user_attrs["constraint"]
-
-
 @register_searcher("optuna")
 class OptunaSearch(Searcher):
     def __init__(self, n_evals: int = 20, sampler: str = "tpe", n_startup_trials: int = 10,
@@ -39,14 +35,11 @@ class OptunaSearch(Searcher):
         self.population_size = population_size
         self.max_proposals_per_eval = max_proposals_per_eval
 
-    def _make_sampler(self, seed: int, constrained: bool):
-        constraints = _constraint if constrained else None
+    def _make_sampler(self, seed: int):
         if self.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials,
-                                              constraints_func=constraints)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
         if self.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=self.population_size,
-                                                 constraints_func=constraints)
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=self.population_size)
         return optuna.samplers.RandomSampler(seed=seed)
 
     def search(self, problem):
@@ -62,13 +55,13 @@ class OptunaSearch(Searcher):
         limit = self.n_evals * self.max_proposals_per_eval
         while problem.n_evaluated < self.n_evals and proposals < limit:
             seed = int(seeds.spawn(1)[0].generate_state(1)[0])
-            study.sampler = self._make_sampler(seed, constrained)
+            study.sampler = self._make_sampler(seed)
             trial = study.ask(distributions)
             proposals += 1
             arch = Arch(trial.params)
             cost = problem.cost(space.validate(arch))
-            if constrained:
-                trial.set_user_attr("constraint", [cost - problem.budget])
+            if constrained:  # TPE and NSGA-II read trial constraints (<= 0 is feasible)
+                trial.set_constraint("cost_over_budget", cost - problem.budget)
             if not problem.within_budget(cost):
                 # Priced, not trained: the sampler sees a violated constraint, and its
                 # quality (no model exists) stays out of the ledger and the result.

@@ -26,9 +26,9 @@ def _int_tuple(values, field: str) -> tuple:
 @register_space("mbconv")
 class MBConvSpace(Space):
     def __init__(self, resolution: int = 32, num_classes: int = 10, in_channels: int = 3,
-                 stem_channels: int = 16, stem_stride: int = 1,
+                 stem_channels: int = 16, stem_stride: int = 2,
                  stage_strides: list = (1, 2, 2),
-                 stage_widths: list = ((16, 24, 32), (32, 48, 64), (64, 96, 128)),
+                 stage_widths: list = ((16, 24, 32), (24, 32, 48), (48, 64, 96)),
                  depths: list = (1, 2, 3), kernels: list = (3, 5, 7), expansions: list = (1, 3, 6)):
         super().__init__(resolution, num_classes, in_channels)
         self.stem_channels = int(stem_channels)

@@ -69,6 +69,7 @@ class NB201ResBlock(OpKind):
         return ResNetBasicBlock(p["c_in"], p["c_out"])
 
 
+@lru_cache(maxsize=4096)
 def edge_op(op: str, c: int, res: int, name: str) -> OpSpec:
     if op == "none":
         return OpSpec.make("zero", name, c_in=c, res=res)
