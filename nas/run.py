@@ -87,7 +87,8 @@ def help_text() -> str:
     lines += [
         "",
         "Top-level fields: seed, budget (cost limit in the target's unit), run_name, output_dir,",
-        "storage (Optuna storage URL; default SQLite in the run directory), progress, save_model, plugins.",
+        "storage (Optuna storage URL; default SQLite in the run directory), progress, save_model, plugins,",
+        "arch (evaluate one architecture, a preset name or an arch JSON file, instead of searching).",
         "Any field of a group is overridable: searcher.n_evals=50, evaluator.epochs=1, data.path=...",
         "Re-running with the same run_name resumes: finished evaluations are not repeated.",
         "",
@@ -188,6 +189,19 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_arch(value: str, space) -> "nas.Arch":
+    """An Arch from a preset name of ``space`` or a JSON file (``arch.json`` of a run)."""
+    from nas.arch import Arch
+
+    if value in space.presets():
+        return space.preset(value)
+    path = Path(str(value)).expanduser()
+    if not path.is_file():
+        presets = f"a preset of space {space.name!r} ({one_of(space.presets())}) or " if space.presets() else ""
+        raise NASError(f"arch={value!r} is neither {presets}a path to an arch JSON file")
+    return space.validate(Arch.from_json(path.read_text()))
+
+
 def execute(cfg: dict):
     """Run one search from a resolved config dict; write the run directory; return the result."""
     import nas
@@ -207,6 +221,7 @@ def execute(cfg: dict):
         return {k: v for k, v in cfg[group].items() if k != "name"}
 
     space_cfg = fields("space")
+    searcher = nas.get_searcher(cfg["searcher"]["name"], **fields("searcher"))
     evaluator = nas.get_evaluator(cfg["evaluator"]["name"], **fields("evaluator"))
     need_data = evaluator.needs_data or any(space_cfg.get(k, 0) is None for k in DATA_FIELDS)
     data = nas.get_dataset(cfg["data"]["name"], **fields("data")) if need_data else None
@@ -220,7 +235,6 @@ def execute(cfg: dict):
     if "cost_model" not in target:
         raise NASError(f"target {target['name']!r} must name a cost_model ({one_of(COST_MODELS.names())})")
     cost_model = nas.get_cost_model(target["cost_model"], **(target.get("options") or {}))
-    searcher = nas.get_searcher(cfg["searcher"]["name"], **fields("searcher"))
     searcher.check(space)
     evaluator.bind(space, data)
 
@@ -252,7 +266,14 @@ def execute(cfg: dict):
                             bool(cfg.get("progress", True)), save_best_model)
     if n_before:
         print(f"resuming run {cfg['run_name']!r}: {n_before} evaluations in its ledger", file=sys.stderr)
-    result = run_search(searcher, problem)
+    if cfg.get("arch"):
+        # Evaluate one given architecture instead of searching.
+        arch = load_arch(cfg["arch"], space)
+        problem.check_budget()
+        problem.evaluate(arch)
+        result = problem.result(searcher=None, reused_from_ledger=problem.n_reused)
+    else:
+        result = run_search(searcher, problem)
 
     weights = None
     if result.best is not None and model_path.exists():
@@ -266,7 +287,7 @@ def execute(cfg: dict):
         "evaluator": evaluator.name, "data": cfg["data"]["name"] if data is not None else None,
         "target": target["name"], "cost_model": cost_model.name, "cost_unit": cost_model.unit,
         "quality_metric": evaluator.metric, "seed": cfg["seed"], "storage": storage, "weights": weights,
-        **result.to_dict(),
+        **result.to_dict(), "searcher": result.extras.get("searcher", searcher.name),
     }
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
     if result.best is not None:

@@ -56,7 +56,8 @@ class SearchResult:
     def to_dict(self) -> dict:
         return {"best": self.best.to_dict() if self.best else None,
                 "pareto": [e.to_dict() for e in self.pareto],
-                "n_evals": self.n_evals, "budget": self.budget, **self.extras}
+                "n_evals": self.n_evals, "budget": self.budget, **self.extras,
+                "history": [e.to_dict() for e in self.history]}
 
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), **kw)

@@ -4,10 +4,6 @@ import pytest
 import nas
 from nas import Arch, NASError
 
-SHARED_TABLE_BEST = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|",
-                     0.943733)
-
-
 def test_nb201_space_and_table():
     space = nas.get_space("nb201")
     assert len(space.decisions()) == 6 and space.size() == 15_625

@@ -1,0 +1,156 @@
+"""The run CLI end to end, in subprocesses, as a user runs it."""
+
+import json
+import sqlite3
+import textwrap
+
+import optuna
+import pytest
+import torch
+
+import nas
+from conftest import run_cli
+
+NB201 = ["space=nb201", "evaluator=table", "progress=false"]
+
+
+def ledger_count(run_dir):
+    with sqlite3.connect(run_dir / "ledger.db") as db:
+        return db.execute("select count(*) from trials where state='COMPLETE'").fetchone()[0]
+
+
+def test_help_lists_plugins(tmp_path, cli_env):
+    out = run_cli(["--help"], tmp_path, cli_env)
+    assert out.returncode == 0
+    for word in ("nb201", "mbconv", "random", "optuna", "macs", "roofline_cpu", "mnist5k", "cifar10", "table"):
+        assert word in out.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["space=nope"], "unknown space 'nope'; registered spaces: 'mbconv', 'nb201'"),
+    (["searcher=nope"], "unknown searcher 'nope'; registered searchers:"),
+    (["target=nope"], "unknown target 'nope'; registered targets:"),
+    (["data=nope"], "unknown data set 'nope'; registered data sets:"),
+    (["evaluator=nope"], "unknown evaluator 'nope'"),
+    (["space.widht=3"], "'space.widht' is not a field of space (mbconv); its fields are:"),
+    (["nonsense=1"], "'nonsense' is not a field of the run"),
+    (["searcher.n_evals=many"], "field 'n_evals' must be an integer"),
+    (["data=cifar10", "data.path=/no/such/folder"], "cifar10 data folder '/no/such/folder' does not exist"),
+    (NB201 + ["budget=1000"], "budget 1000 MACs is infeasible for space 'nb201'"),
+    (["space=nb201", "evaluator=table", "space.resolution=30"], "nb201 needs a resolution divisible by 4"),
+    (["justaword"], "is not an override"),
+    (NB201 + ["arch=no_such_preset"], "arch='no_such_preset' is neither a path to an arch JSON file"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, cli_env, args, message):
+    out = run_cli(args, tmp_path, cli_env)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert message in lines[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_nb201_run_dir_and_ledger(tmp_path, cli_env):
+    out = run_cli(NB201 + ["searcher=optuna", "searcher.n_evals=12", "run_name=t"], tmp_path, cli_env)
+    assert out.returncode == 0, out.stderr
+    run_dir = tmp_path / "runs" / "t"
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["n_evals"] == 12 and len(result["history"]) == 12
+    assert result["cost_unit"] == "MACs" and result["quality_metric"] == "accuracy"
+    assert result["weights"] is None  # a table has no trained weights
+    best = result["best"]
+    assert best["quality"] == max(e["quality"] for e in result["history"])
+    space = nas.get_space("nb201")
+    arch = nas.Arch.from_json((run_dir / "arch.json").read_text())
+    assert space.validate(arch).key() == best["arch_key"]
+    assert (run_dir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / "config.yaml").exists()
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{run_dir / 'ledger.db'}")
+    trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(trials) == 12 and study.metric_names == ["accuracy", "macs"]
+    t = trials[0]
+    assert set(t.params) == {d.name for d in space.decisions()}
+    assert nas.Arch.from_json(t.user_attrs["arch"]) == nas.Arch(t.params)
+    assert "params" in t.user_attrs["metrics"] and len(t.values) == 2
+
+
+def test_rerun_resumes_and_bad_rerun_loses_nothing(tmp_path, cli_env):
+    args = NB201 + ["searcher.n_evals=5", "run_name=r"]
+    assert run_cli(args, tmp_path, cli_env).returncode == 0
+    run_dir = tmp_path / "runs" / "r"
+    before = (run_dir / "result.json").read_text()
+    assert ledger_count(run_dir) == 5
+    out = run_cli(args + ["budget=1"], tmp_path, cli_env)
+    assert out.returncode == 2 and ledger_count(run_dir) == 5
+    assert (run_dir / "result.json").read_text() == before
+    out = run_cli(args + ["space.channels=8", "evaluator=train"], tmp_path, cli_env)
+    assert out.returncode == 2 and "was made with other settings" in out.stderr
+    out = run_cli(NB201 + ["searcher.n_evals=8", "run_name=r"], tmp_path, cli_env)
+    assert out.returncode == 0 and "5 read back from the ledger" in out.stdout
+    assert ledger_count(run_dir) == 8
+
+
+def test_training_run_saves_loadable_best_model(tmp_path, cli_env):
+    out = run_cli(["data=synthetic", "searcher.n_evals=2", "evaluator.epochs=1", "progress=false", "run_name=m"],
+                  tmp_path, cli_env)
+    assert out.returncode == 0, out.stderr
+    run_dir = tmp_path / "runs" / "m"
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["weights"] == "model.pt"
+    saved = torch.load(run_dir / "model.pt", weights_only=True)
+    space = nas.get_space(saved["space"], **saved["space_config"])
+    assert space.input_shape == (3, 16, 16) and space.num_classes == 4  # taken from the data set
+    model = space.build(nas.Arch(saved["arch"]))
+    model.load_state_dict(saved["state_dict"])
+    assert saved["arch_key"] == result["best"]["arch_key"]
+
+
+def test_third_party_space_from_cli(tmp_path, cli_env):
+    (tmp_path / "my_plugins.py").write_text(textwrap.dedent('''
+        from torch import nn
+        import nas
+
+        @nas.register_space("two_widths")
+        class TwoWidths(nas.Space):
+            def _make_decisions(self):
+                return [nas.Decision("width", (4, 8))]
+
+            def ops(self, arch):
+                w = arch["width"]
+                return [nas.OpSpec.make("conv", "conv", c_in=self.in_channels, c_out=w, res=self.resolution, k=3,
+                                        act="relu"),
+                        nas.OpSpec.make("gap", "gap", c_in=w, res=self.resolution),
+                        nas.OpSpec.make("linear", "fc", c_in=w, c_out=self.num_classes)]
+
+            def build(self, arch):
+                return nn.Sequential(*(op.build() for op in self.ops(arch)))
+    '''))
+    env = dict(cli_env, PYTHONPATH=f"{tmp_path}:{cli_env['PYTHONPATH']}")
+    args = ["plugins=[my_plugins]", "space=two_widths", "data=synthetic", "searcher.n_evals=2",
+            "evaluator.epochs=1", "progress=false", "run_name=p"]
+    out = run_cli(args, tmp_path, env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "runs" / "p" / "result.json").read_text())["n_evals"] == 2
+    assert "two_widths" in run_cli(["plugins=[my_plugins]", "--help"], tmp_path, env).stdout
+
+
+def test_multirun_sweeps_with_hydra(tmp_path, cli_env):
+    out = run_cli(["--multirun"] + NB201 + ["seed=0,1", "searcher.n_evals=3"], tmp_path, cli_env)
+    assert out.returncode == 0, out.stderr
+    results = sorted((tmp_path / "runs").glob("nb201-*-seed*/result.json"))
+    assert [json.loads(p.read_text())["seed"] for p in results] == [0, 1]
+
+
+def test_evaluate_one_arch_and_reject_a_bad_one(tmp_path, cli_env):
+    space = nas.get_space("nb201")
+    arch = space.arch_from_table_key(space.benchmark_table().best()[0])
+    (tmp_path / "good.json").write_text(arch.to_json(space="nb201"))
+    (tmp_path / "bad.json").write_text(arch.replace(edge_1_0="conv_9x9").to_json(space="nb201"))
+    out = run_cli(NB201 + ["arch=good.json", "run_name=one"], tmp_path, cli_env)
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "runs" / "one" / "result.json").read_text())
+    assert result["n_evals"] == 1 and result["best"]["quality"] == pytest.approx(0.943733)
+    out = run_cli(NB201 + ["arch=bad.json", "run_name=one"], tmp_path, cli_env)
+    assert out.returncode == 2
+    assert "decision 'edge_1_0' has no option 'conv_9x9'; options are: 'none', 'skip_connect'" in out.stderr
+    assert ledger_count(tmp_path / "runs" / "one") == 1
