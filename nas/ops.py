@@ -131,6 +131,26 @@ class OpKind(abc.ABC):
         """The layer as a standalone module taking an input of ``in_shape``."""
 
 
+class LayeredOpKind(OpKind):
+    """A composite op (a whole block) counted as the sum of its internal layers."""
+
+    @abc.abstractmethod
+    def _layers(self, p: dict) -> list[tuple[int, int, int, int]]:
+        """(MACs, params, non-linear units, memory elements) of each internal layer."""
+
+    def macs(self, **p):
+        return sum(row[0] for row in self._layers(p))
+
+    def params(self, **p):
+        return sum(row[1] for row in self._layers(p))
+
+    def nonlinear(self, **p):
+        return sum(row[2] for row in self._layers(p))
+
+    def memory_elements(self, **p):
+        return sum(row[3] for row in self._layers(p))
+
+
 OP_KINDS: dict[str, OpKind] = {}
 
 
@@ -349,7 +369,7 @@ class MBConvBlock(nn.Module):
 
 
 @register_op_kind("mbconv")
-class MBConv(OpKind):
+class MBConv(LayeredOpKind):
     """A whole inverted-residual block, costed as one op (its layers run back to back)."""
 
     defaults = {"stride": 1, "e": 6, "act": "relu6"}
@@ -360,7 +380,6 @@ class MBConv(OpKind):
         return (p["c_out"], r, r)
 
     def _layers(self, p):
-        """(macs, params, nonlinear, memory elements) of each internal layer."""
         c, r, k, e = p["c_in"], p["res"], p["k"], p["e"]
         mid = c * e
         ro = conv_out(r, k, p["stride"], k // 2)
@@ -371,18 +390,6 @@ class MBConv(OpKind):
         rows.append((mid * p["c_out"] * ro * ro, mid * p["c_out"] + 2 * p["c_out"], 0,
                      mid * ro * ro + p["c_out"] * ro * ro + mid * p["c_out"]))
         return rows
-
-    def macs(self, **p):
-        return sum(row[0] for row in self._layers(p))
-
-    def params(self, **p):
-        return sum(row[1] for row in self._layers(p))
-
-    def nonlinear(self, **p):
-        return sum(row[2] for row in self._layers(p))
-
-    def memory_elements(self, **p):
-        return sum(row[3] for row in self._layers(p))
 
     def build(self, **p):
         return MBConvBlock(p["c_in"], p["c_out"], p["k"], p["stride"], p["e"], p["act"])

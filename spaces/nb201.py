@@ -16,7 +16,7 @@ from torch import nn
 
 from nas import Arch, Decision, NASError, OpSpec, Space, register_space
 from nas.evaluators import BenchmarkTable
-from nas.ops import OpKind, activation, register_op_kind
+from nas.ops import LayeredOpKind, activation, register_op_kind
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 #: (to node, from node) in the order of the benchmark's arch string
@@ -39,7 +39,7 @@ class ResNetBasicBlock(nn.Module):
 
 
 @register_op_kind("nb201_resblock")
-class NB201ResBlock(OpKind):
+class NB201ResBlock(LayeredOpKind):
     required = ("c_in", "c_out", "res")
 
     def out_shape(self, **p):
@@ -52,18 +52,6 @@ class NB201ResBlock(OpKind):
         return [(9 * ci * co * ro * ro, 9 * ci * co + 2 * co, ci * r * r, ci * r * r + co * ro * ro + 9 * ci * co),
                 (9 * co * co * ro * ro, 9 * co * co + 2 * co, co * ro * ro, 2 * co * ro * ro + 9 * co * co),
                 (ci * co * ro * ro, ci * co, 0, ci * r * r + co * ro * ro + ci * co)]
-
-    def macs(self, **p):
-        return sum(x[0] for x in self._layers(p))
-
-    def params(self, **p):
-        return sum(x[1] for x in self._layers(p))
-
-    def nonlinear(self, **p):
-        return sum(x[2] for x in self._layers(p))
-
-    def memory_elements(self, **p):
-        return sum(x[3] for x in self._layers(p))
 
     def build(self, **p):
         return ResNetBasicBlock(p["c_in"], p["c_out"])
@@ -134,6 +122,12 @@ class NB201Space(Space):
 
     def _make_decisions(self):
         return [Decision(name, OPS, tag="cell") for name in EDGE_NAMES]
+
+    def _presets(self):
+        # NAS-Bench-201's ResNet cell: node 2 is two 3x3 convs in sequence, the output adds the input.
+        resnet = {"edge_1_0": "nor_conv_3x3", "edge_2_0": "none", "edge_2_1": "nor_conv_3x3",
+                  "edge_3_0": "skip_connect", "edge_3_1": "none", "edge_3_2": "skip_connect"}
+        return {"resnet": resnet}
 
     def table_key(self, arch: Arch) -> str:
         nodes = []

@@ -18,6 +18,17 @@ def test_nb201_space_and_table():
     assert keys == set(table.rows)
 
 
+def test_nb201_resnet_preset():
+    space = nas.get_space("nb201")
+    assert space.presets() == ["resnet"]
+    arch = space.preset("resnet")
+    assert space.table_key(arch) == "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|"
+    # NAS-Bench-201 reports 93.97% (200 epochs, CIFAR-10 test) for its ResNet cell
+    assert space.benchmark_table().lookup(space.table_key(arch)) == pytest.approx(0.9397, abs=0.003)
+    with pytest.raises(NASError, match="presets: 'resnet'"):
+        space.preset("vgg")
+
+
 def test_nb201_table_matches_shared_reference_data():
     from conftest import SHARED
 
