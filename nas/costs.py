@@ -87,6 +87,10 @@ class Roofline(CostModel):
 
     def __init__(self, peak_macs: float | None = None, peak_bw: float | None = None,
                  ridge_point: float | None = None, bytes_per_element: float = 4.0):
+        for field, value in (("peak_macs", peak_macs), ("peak_bw", peak_bw), ("ridge_point", ridge_point),
+                             ("bytes_per_element", bytes_per_element)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise NASError(f"roofline {field} must be a number, got {value!r}")
         peaks = peak_macs is not None or peak_bw is not None
         if peaks and ridge_point is not None:
             raise NASError("roofline takes either peak_macs and peak_bw, or ridge_point, not both")

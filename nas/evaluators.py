@@ -17,7 +17,7 @@ from nas.data import ImageDataset
 from nas.errors import NASError
 from nas.registry import register_evaluator
 from nas.space import Space
-from nas.train import resolve_device, train
+from nas.train import OPTIMIZERS, resolve_device, train
 
 
 @dataclass
@@ -69,6 +69,8 @@ class TrainEvaluator(Evaluator):
             raise NASError(f"evaluator.batch_size must be >= 2, got {batch_size}")
         if lr <= 0:
             raise NASError(f"evaluator.lr must be > 0, got {lr}")
+        if optimizer not in OPTIMIZERS:
+            raise NASError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(map(repr, OPTIMIZERS))}")
         self.epochs, self.batch_size, self.optimizer = epochs, batch_size, optimizer
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.device = resolve_device(device)

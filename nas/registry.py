@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import inspect
+import warnings
 from importlib import metadata
 from typing import Any, Callable
 
@@ -53,7 +54,11 @@ class Registry:
         for ep in metadata.entry_points(group=self.entry_point_group):
             if ep.name in self._table:
                 continue
-            obj = ep.load()  # importing the module runs its decorators
+            try:
+                obj = ep.load()  # importing the module runs its decorators
+            except Exception as exc:  # a broken third-party plug-in must not take the others down
+                warnings.warn(f"{self.kind} plug-in {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+                continue
             self._table.setdefault(ep.name, obj)
 
     def names(self, pattern: str = "*") -> list[str]:

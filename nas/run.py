@@ -197,8 +197,10 @@ def load_arch(value: str, space) -> "nas.Arch":
         return space.preset(value)
     path = Path(str(value)).expanduser()
     if not path.is_file():
-        presets = f"a preset of space {space.name!r} ({one_of(space.presets())}) or " if space.presets() else ""
-        raise NASError(f"arch={value!r} is neither {presets}a path to an arch JSON file")
+        if space.presets():
+            raise NASError(f"arch={value!r} is neither a preset of space {space.name!r} ({one_of(space.presets())}) "
+                           "nor a path to an arch JSON file")
+        raise NASError(f"arch={value!r} is not a path to an arch JSON file (space {space.name!r} has no presets)")
     return space.validate(Arch.from_json(path.read_text()))
 
 
@@ -316,6 +318,10 @@ def _hydra_task(cfg) -> None:
     except NASError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
+    except KeyboardInterrupt:
+        print("interrupted: finished evaluations are in the ledger; run the same command again to resume",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 def _plugins_from_argv(argv: list[str]) -> list[str]:

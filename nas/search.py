@@ -31,10 +31,8 @@ def pareto_front(evals: list[Evaluation]) -> list[Evaluation]:
 
 def best_of(evals: list[Evaluation]) -> Evaluation | None:
     """Highest quality among feasible evaluations; ties go to the cheaper, then the earlier."""
-    feasible = [e for e in evals if e.feasible]
-    if not feasible:
-        return None
-    return min(feasible, key=lambda e: (-e.quality, e.cost, evals.index(e)))
+    ranked = [(-e.quality, e.cost, i) for i, e in enumerate(evals) if e.feasible]
+    return evals[min(ranked)[2]] if ranked else None
 
 
 @dataclass

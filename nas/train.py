@@ -23,6 +23,9 @@ def resolve_device(device: str) -> torch.device:
         raise NASError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'") from None
 
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
 def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float):
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
@@ -30,7 +33,7 @@ def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: 
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise NASError(f"unknown optimizer {name!r}; accepted: 'sgd', 'adam', 'adamw'")
+    raise NASError(f"unknown optimizer {name!r}; accepted: {', '.join(map(repr, OPTIMIZERS))}")
 
 
 @torch.inference_mode()

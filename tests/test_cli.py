@@ -39,7 +39,7 @@ def test_help_lists_plugins(tmp_path, cli_env):
     (NB201 + ["budget=1000"], "budget 1000 MACs is infeasible for space 'nb201'"),
     (["space=nb201", "evaluator=table", "space.resolution=30"], "nb201 needs a resolution divisible by 4"),
     (["justaword"], "is not an override"),
-    (NB201 + ["arch=no_such_preset"], "arch='no_such_preset' is neither a path to an arch JSON file"),
+    (NB201 + ["arch=no_such_preset"], "arch='no_such_preset' is neither a preset of space 'nb201' ('resnet') nor a path"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, cli_env, args, message):
     out = run_cli(args, tmp_path, cli_env)

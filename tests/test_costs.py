@@ -107,3 +107,8 @@ def test_memory_of_mbconv_block_sums_its_layers():
     mid = 16
     expected = (8 * 36 + mid * 36 + 8 * mid) + (mid * 36 * 2 + 9 * mid) + (mid * 36 + 8 * 36 + mid * 8)
     assert op.memory_elements() == expected
+
+
+def test_roofline_rejects_non_numbers():
+    with pytest.raises(NASError, match="ridge_point must be a number"):
+        nas.get_cost_model("roofline", ridge_point="fast")

@@ -65,3 +65,10 @@ def test_synthetic_is_learnable_and_training_is_deterministic():
     a, b = ev.evaluate(space, arch), ev.evaluate(space, arch)
     assert a.quality == b.quality and a.metrics["val_loss"] == b.metrics["val_loss"]
     assert a.quality > 0.5  # chance is 0.25
+
+
+def test_train_evaluator_config_errors():
+    with pytest.raises(NASError, match="unknown optimizer 'lbfgs'"):
+        nas.get_evaluator("train", optimizer="lbfgs")
+    with pytest.raises(NASError, match="epochs must be >= 1"):
+        nas.get_evaluator("train", epochs=0)
