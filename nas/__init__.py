@@ -88,6 +88,7 @@ def search(space: Space | str, searcher: Searcher | str, cost_model: CostModel |
 # Register the core's own plug-ins (analytic cost models, evaluators, data sets).
 from nas import costs as _costs  # noqa: E402,F401
 from nas import data as _data  # noqa: E402,F401
+from nas import lut as _lut  # noqa: E402,F401
 
 __all__ = [
     "Arch", "Decision", "OpSpec", "Space", "CostModel", "Evaluator", "Score", "Searcher", "SearchProblem",

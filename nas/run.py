@@ -204,12 +204,10 @@ def load_arch(value: str, space) -> "nas.Arch":
     return space.validate(Arch.from_json(path.read_text()))
 
 
-def execute(cfg: dict):
-    """Run one search from a resolved config dict; write the run directory; return the result."""
+def make_components(cfg: dict, need=("searcher", "evaluator", "space", "cost_model")) -> dict:
+    """The plug-ins a resolved config names: searcher, evaluator, data (when needed), space
+    (fields left null filled from the data set) and the target's cost model."""
     import nas
-    from nas.ledger import Ledger
-    from nas.plot import plot_pareto
-    from nas.search import SearchProblem, run_search
 
     import_plugins(cfg.get("plugins"))
     _check_type("", cfg, "seed", (int,))
@@ -222,10 +220,13 @@ def execute(cfg: dict):
     def fields(group):
         return {k: v for k, v in cfg[group].items() if k != "name"}
 
+    out = {}
     space_cfg = fields("space")
-    searcher = nas.get_searcher(cfg["searcher"]["name"], **fields("searcher"))
-    evaluator = nas.get_evaluator(cfg["evaluator"]["name"], **fields("evaluator"))
-    need_data = evaluator.needs_data or any(space_cfg.get(k, 0) is None for k in DATA_FIELDS)
+    if "searcher" in need:
+        out["searcher"] = nas.get_searcher(cfg["searcher"]["name"], **fields("searcher"))
+    evaluator = nas.get_evaluator(cfg["evaluator"]["name"], **fields("evaluator")) if "evaluator" in need else None
+    need_data = (evaluator is not None and evaluator.needs_data) or any(
+        space_cfg.get(k, 0) is None for k in DATA_FIELDS)
     data = nas.get_dataset(cfg["data"]["name"], **fields("data")) if need_data else None
     if data is not None:
         filled = {"resolution": data.resolution, "num_classes": data.num_classes, "in_channels": data.in_channels}
@@ -233,10 +234,27 @@ def execute(cfg: dict):
             if k in space_cfg and space_cfg[k] is None:
                 space_cfg[k] = filled[k]
     space = nas.get_space(cfg["space"]["name"], **space_cfg)
-    target = cfg["target"]
-    if "cost_model" not in target:
-        raise NASError(f"target {target['name']!r} must name a cost_model ({one_of(COST_MODELS.names())})")
-    cost_model = nas.get_cost_model(target["cost_model"], **(target.get("options") or {}))
+    out.update(space=space, data=data, evaluator=evaluator)
+    if "cost_model" in need:
+        target = cfg["target"]
+        if "cost_model" not in target:
+            raise NASError(f"target {target['name']!r} must name a cost_model ({one_of(COST_MODELS.names())})")
+        options = dict(target.get("options") or {})
+        if "space" in config_fields(COST_MODELS.get(target["cost_model"])) and options.get("space") is None:
+            options["space"] = space.name  # a measured LUT is per space
+        out["cost_model"] = nas.get_cost_model(target["cost_model"], **options)
+    return out
+
+
+def execute(cfg: dict):
+    """Run one search from a resolved config dict; write the run directory; return the result."""
+    from nas.ledger import Ledger
+    from nas.plot import plot_pareto
+    from nas.search import SearchProblem, run_search
+
+    parts = make_components(cfg)
+    searcher, evaluator, space, data = parts["searcher"], parts["evaluator"], parts["space"], parts["data"]
+    cost_model, target = parts["cost_model"], cfg["target"]
     searcher.check(space)
     evaluator.bind(space, data)
 

@@ -164,6 +164,26 @@ class Space(abc.ABC):
                 f"(it offers: {', '.join(sorted(self.capabilities())) or 'nothing optional'})"
             )
 
+    def all_ops(self, samples: int = 2000, seed: int = 0) -> list[OpSpec]:
+        """Every distinct OpSpec (by key) the space can produce, for building a LUT.
+
+        Spaces of up to 20,000 archs are enumerated (complete); larger ones return the ops
+        of ``samples`` random archs plus the smallest and largest choices. Spaces that can
+        list their ops directly override this with the complete set.
+        """
+        if self.size() <= 20_000:
+            archs = (self.canonicalize(a) for a in self.enumerate())
+        else:
+            rng = np.random.default_rng(seed)
+            ds = self.decisions()
+            extremes = [self.canonicalize(Arch({d.name: d.options[i] for d in ds})) for i in (0, -1)]
+            archs = itertools.chain(extremes, (self.sample(rng) for _ in range(samples)))
+        unique: dict[str, OpSpec] = {}
+        for arch in archs:
+            for op in self.ops(arch):
+                unique.setdefault(op.key, op)
+        return list(unique.values())
+
     def min_cost(self, cost_model, n_samples: int = 2000, seed: int = 0) -> tuple[float, Arch, bool]:
         """The cheapest architecture under ``cost_model``: ``(cost, arch, exact)``.
 

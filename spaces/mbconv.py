@@ -96,6 +96,37 @@ class MBConvSpace(Space):
     def build(self, arch):
         return build_sequential(self.ops(self.validate(arch)))
 
+    def all_ops(self, samples=0, seed=0):
+        # Complete: each block's input width is the stem's or one of the previous stage's
+        # widths (or its own stage's after the first block), at the resolution of its stage.
+        r = self.resolution
+        stem = self.ops(self.canonicalize(Arch({d.name: d.options[0] for d in self.decisions()})))[0]
+        ops = {stem.key: stem}
+        c_prev = [stem.out_shape()[0]]
+        r = stem.out_shape()[1]
+        for s in range(1, self.n_stages + 1):
+            stride = self.stage_strides[s - 1]
+            for c_in in c_prev:
+                for w in self.stage_widths[s - 1]:
+                    for k in self.kernels:
+                        for e in self.expansions:
+                            first = OpSpec.make("mbconv", f"stage{s}.block1", c_in=c_in, c_out=w, res=r, stride=stride,
+                                                k=k, e=e)
+                            ops.setdefault(first.key, first)
+            r_out = first.out_shape()[1]
+            if max(self.depths) > 1:
+                for w in self.stage_widths[s - 1]:
+                    for k in self.kernels:
+                        for e in self.expansions:
+                            op = OpSpec.make("mbconv", f"stage{s}.block", c_in=w, c_out=w, res=r_out, k=k, e=e)
+                            ops.setdefault(op.key, op)
+            c_prev, r = list(self.stage_widths[s - 1]), r_out
+        for w in c_prev:
+            for op in (OpSpec.make("gap", "pool", c_in=w, res=r),
+                       OpSpec.make("linear", "classifier", c_in=w, c_out=self.num_classes)):
+                ops.setdefault(op.key, op)
+        return list(ops.values())
+
     def min_cost(self, cost_model, n_samples=0, seed=0):
         # Every analytic and measured cost grows with width, depth, kernel and expansion,
         # and the options are sorted ascending: the smallest choice everywhere is cheapest.

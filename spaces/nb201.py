@@ -178,6 +178,15 @@ class NB201Space(Space):
         layers = [(name, Cell(item) if isinstance(item, dict) else item.build()) for name, item in self._layout(arch)]
         return NB201Network(layers)
 
+    def all_ops(self, samples=0, seed=0):
+        # An edge's OpSpec depends only on its op and its stage: the five uniform cells
+        # produce every OpSpec of the space (exact).
+        unique = {}
+        for op in OPS:
+            for spec in self.ops(Arch({e: op for e in EDGE_NAMES})):
+                unique.setdefault(spec.key, spec)
+        return list(unique.values())
+
     def min_cost(self, cost_model, n_samples=0, seed=0):
         # The cost is a sum over edges, each edge's op repeated in every cell: the cheapest
         # network takes the cheapest op on every edge independently (exact).

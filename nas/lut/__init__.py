@@ -1,0 +1,271 @@
+"""Latency look-up tables: measured per target, stored as JSON, validated end to end.
+
+A LUT file (``latency_luts/<target>/<space>.json``) holds its metadata (target, space and
+its config, processor, torch version, harness settings, dates), one entry per OpSpec key
+(median ms, IQR, repeats), and a constant overhead fitted from whole-model measurements
+(input handling, the model's own glue such as additions, dispatch), which the ``lut``
+cost model adds to the sum over layers.
+
+    python -m nas.lut build space=nb201 target=cpu
+    python -m nas.lut validate space=nb201 target=cpu n=50
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nas.costs import CostModel
+from nas.errors import NASError
+from nas.latency import HarnessSettings, Timing, device_name, measure
+from nas.ops import OpSpec
+from nas.registry import register_cost_model
+
+FORMAT = "hwnas-lut/1"
+HARNESS_FIELDS = ("device", "threads", "batch", "dtype")
+
+
+def default_lut_dir() -> Path:
+    return Path(str(resources.files("latency_luts")))
+
+
+def lut_path(target: str, space: str, lut_dir=None) -> Path:
+    return Path(lut_dir or default_lut_dir()) / target / f"{space}.json"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class LUTFile:
+    """One target's measured latencies for one space."""
+
+    def __init__(self, path: Path, meta: dict, entries: dict, overhead: dict | None = None):
+        self.path = Path(path)
+        self.meta = meta
+        self.entries = entries
+        self.overhead = overhead or {"ms": 0.0, "models": []}
+
+    @property
+    def overhead_ms(self) -> float:
+        return float(self.overhead.get("ms", 0.0))
+
+    @property
+    def settings(self) -> HarnessSettings:
+        return HarnessSettings(**self.meta["harness"])
+
+    @classmethod
+    def new(cls, path, target: str, space, settings: HarnessSettings) -> "LUTFile":
+        meta = {"target": target, "space": space.name, "space_config": space.config(),
+                "device": settings.device, "processor": device_name(settings.device),
+                "torch": torch.__version__, "threads": settings.threads, "batch": settings.batch,
+                "dtype": settings.dtype, "harness": settings.to_dict(), "created": _now(), "updated": _now()}
+        return cls(path, meta, {})
+
+    @classmethod
+    def load(cls, path) -> "LUTFile":
+        path = Path(path)
+        if not path.is_file():
+            raise NASError(f"LUT file {str(path)!r} does not exist")
+        try:
+            doc = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise NASError(f"LUT file {str(path)!r} is corrupted (not JSON: {exc}); delete it and rebuild") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise NASError(f"LUT file {str(path)!r} is not a {FORMAT} file")
+        try:
+            meta, entries, overhead = doc["meta"], doc["entries"], doc["overhead"]
+            for key, e in entries.items():
+                if not (isinstance(e["median_ms"], (int, float)) and e["median_ms"] >= 0):
+                    raise ValueError(key)
+            HarnessSettings(**meta["harness"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise NASError(f"LUT file {str(path)!r} is corrupted (bad or missing field {exc}); "
+                           "delete it and rebuild") from None
+        return cls(path, meta, entries, overhead)
+
+    def save(self) -> None:
+        self.meta["updated"] = _now()
+        doc = {"format": FORMAT, "meta": self.meta, "overhead": self.overhead,
+               "entries": dict(sorted(self.entries.items()))}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, self.path)  # atomic: an interrupted build leaves the last good file
+
+    def check_matches(self, target: str, space_name: str | None, settings: HarnessSettings | None = None) -> None:
+        """NASError if this file was measured for another target, space or harness."""
+        where = str(self.path)
+        if self.meta.get("target") != target:
+            raise NASError(f"LUT file {where!r} is for target {self.meta.get('target')!r}, not {target!r}")
+        if space_name is not None and self.meta.get("space") != space_name:
+            raise NASError(f"LUT file {where!r} is for space {self.meta.get('space')!r}, not {space_name!r}")
+        if settings is not None:
+            diffs = [f"{k}={self.meta['harness'][k]!r} (asked {getattr(settings, k)!r})"
+                     for k in HARNESS_FIELDS if self.meta["harness"].get(k) != getattr(settings, k)]
+            if diffs:
+                raise NASError(f"LUT file {where!r} was measured with other settings: {', '.join(diffs)}")
+
+    def on_this_machine(self) -> bool:
+        """Whether measurements taken here are comparable with the file's."""
+        return (self.meta.get("processor") == device_name(self.meta.get("device", "cpu"))
+                and self.meta.get("torch") == torch.__version__)
+
+    def add(self, op: OpSpec, timing: Timing) -> None:
+        self.entries[op.key] = timing.to_dict()
+
+
+def measure_op(op: OpSpec, settings: HarnessSettings) -> Timing:
+    torch.manual_seed(0)
+    return measure(op.build(), tuple(op.in_shape()), settings)
+
+
+@register_cost_model("lut")
+class LUTCost(CostModel):
+    """Latency in ms from a measured LUT: the sum over layers plus the fitted overhead."""
+
+    unit = "ms"
+
+    def __init__(self, target: str = "cpu", space: str | None = None, lut_dir: str | None = None,
+                 file: str | None = None, measure_missing: bool = False, device: str = "cpu", threads: int = 1,
+                 batch: int = 1, dtype: str = "float32"):
+        if file is None and space is None:
+            raise NASError("the lut cost model needs the space (or a LUT file) it prices")
+        self.target = target
+        self.settings = HarnessSettings(device=device, threads=threads, batch=batch, dtype=dtype)
+        self.path = Path(file) if file else lut_path(target, space, lut_dir)
+        self.lut = LUTFile.load(self.path) if self.path.exists() else None
+        if self.lut is None:
+            raise NASError(f"no LUT for target {target!r} and space {space!r} at {str(self.path)!r}; "
+                           f"build it with: python -m nas.lut build space={space} target={target}")
+        self.lut.check_matches(target, space, self.settings)
+        self.measure_missing = measure_missing
+
+    def op_cost(self, op):
+        entry = self.lut.entries.get(op.key)
+        if entry is None:
+            if not self.measure_missing:
+                raise NASError(f"LUT {str(self.path)!r} has no entry for {op.key} (layer {op.name or '?'}); "
+                               f"rebuild it with python -m nas.lut build, or set target.options.measure_missing=true")
+            if not self.lut.on_this_machine():
+                raise NASError(f"LUT {str(self.path)!r} lacks {op.key} and was measured on "
+                               f"{self.lut.meta.get('processor')!r} with torch {self.lut.meta.get('torch')}; "
+                               "this machine cannot measure it comparably")
+            self.lut.add(op, measure_op(op, self.lut.settings))
+            self.lut.save()
+            entry = self.lut.entries[op.key]
+        return float(entry["median_ms"])
+
+    def overhead(self):
+        return self.lut.overhead_ms
+
+
+# ---------------------------------------------------------------------------- build / validate
+
+
+def measure_model(space, arch, settings: HarnessSettings) -> Timing:
+    torch.manual_seed(0)
+    return measure(space.build(arch), space.input_shape, settings)
+
+
+def build_lut(space, target: str, settings: HarnessSettings, lut_dir=None, samples: int = 2000,
+              overhead_models: int = 10, seed: int = 0, progress: bool = True) -> LUTFile:
+    """Measure every OpSpec of ``space`` not yet in the target's LUT (saving as it goes, so
+    an interrupted build continues where it stopped), then fit the overhead."""
+    from tqdm.auto import tqdm
+
+    path = lut_path(target, space.name, lut_dir)
+    lut = LUTFile.load(path) if path.exists() else LUTFile.new(path, target, space, settings)
+    lut.check_matches(target, space.name, settings)
+    if lut.entries and not lut.on_this_machine():
+        raise NASError(f"LUT file {str(path)!r} was measured on {lut.meta.get('processor')!r} with torch "
+                       f"{lut.meta.get('torch')}; extend it on that machine or start a new file")
+    todo = [op for op in space.all_ops(samples=samples, seed=seed) if op.key not in lut.entries]
+    last_save = time.monotonic()
+    for op in tqdm(todo, desc=f"LUT {target}/{space.name}", unit="op", disable=not progress):
+        lut.add(op, measure_op(op, settings))
+        if time.monotonic() - last_save > 5:
+            lut.save()
+            last_save = time.monotonic()
+    lut.save()
+    if overhead_models > 0 and (todo or not lut.overhead.get("models")):
+        fit_overhead(lut, space, settings, overhead_models, seed=seed + 1_000_003, progress=progress)
+        lut.save()
+    return lut
+
+
+def fit_overhead(lut: LUTFile, space, settings: HarnessSettings, n_models: int, seed: int,
+                 progress: bool = True) -> float:
+    """The constant that best adds the LUT sum up to whole-model latency: the median of
+    (measured - sum of layers) over ``n_models`` random archs (robust to a noisy one)."""
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in tqdm(range(n_models), desc="overhead", unit="model", disable=not progress):
+        arch = space.sample(rng)
+        layer_sum = sum(lut.entries[op.key]["median_ms"] for op in space.ops(arch))
+        measured = measure_model(space, arch, settings).median_ms
+        rows.append({"arch_key": arch.key(), "measured_ms": measured, "layer_sum_ms": layer_sum})
+    overhead = float(np.median([r["measured_ms"] - r["layer_sum_ms"] for r in rows]))
+    lut.overhead = {"ms": overhead, "method": "median of measured - sum of layers", "models": rows}
+    return overhead
+
+
+def validation_metrics(predicted, measured) -> dict:
+    from scipy import stats
+
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    err = np.abs(p - m) / m
+    return {"n": int(len(m)), "spearman": float(stats.spearmanr(p, m).statistic),
+            "kendall": float(stats.kendalltau(p, m).statistic), "mape": float(100 * err.mean()),
+            "within_10pct": float(100 * np.mean(err <= 0.10)), "within_5pct": float(100 * np.mean(err <= 0.05))}
+
+
+def validate_lut(space, cost_model: LUTCost, settings: HarnessSettings, n: int, seed: int, plot_path=None,
+                 progress: bool = True) -> dict:
+    """Measure ``n`` random archs end to end against the LUT's prediction."""
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(seed)
+    predicted, measured = [], []
+    for _ in tqdm(range(n), desc=f"validate {space.name}", unit="model", disable=not progress):
+        arch = space.sample(rng)
+        predicted.append(cost_model.cost(space.ops(arch)))
+        measured.append(measure_model(space, arch, settings).median_ms)
+    metrics = validation_metrics(predicted, measured)
+    if plot_path is not None:
+        plot_validation(predicted, measured, metrics, plot_path, f"{cost_model.target} / {space.name}")
+    metrics["predicted_ms"], metrics["measured_ms"] = predicted, measured
+    return metrics
+
+
+def plot_validation(predicted, measured, metrics: dict, path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.6), dpi=120)
+    lo, hi = min(min(predicted), min(measured)) * 0.9, max(max(predicted), max(measured)) * 1.1
+    ax.plot([lo, hi], [lo, hi], c="k", lw=1)
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="tab:green", alpha=0.15,
+                    label="±10%")
+    ax.scatter(measured, predicted, s=14, c="tab:blue")
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("LUT prediction (ms)")
+    ax.set_title(f"{title}: Spearman {metrics['spearman']:.3f}, {metrics['within_10pct']:.0f}% within ±10%",
+                 fontsize=8)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
