@@ -203,8 +203,9 @@ def build_lut(space, target: str, settings: HarnessSettings, lut_dir=None, sampl
 
 def fit_overhead(lut: LUTFile, space, settings: HarnessSettings, n_models: int, seed: int,
                  progress: bool = True) -> float:
-    """The constant that best adds the LUT sum up to whole-model latency: the median of
-    (measured - sum of layers) over ``n_models`` random archs (robust to a noisy one)."""
+    """The constant that adds the LUT sum up to whole-model latency (input handling, the
+    model's glue that no OpSpec covers, dispatch): the median over ``n_models`` random
+    archs of measured minus summed latency (robust to one noisy measurement)."""
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
@@ -212,8 +213,8 @@ def fit_overhead(lut: LUTFile, space, settings: HarnessSettings, n_models: int, 
     for _ in tqdm(range(n_models), desc="overhead", unit="model", disable=not progress):
         arch = space.sample(rng)
         layer_sum = sum(lut.entries[op.key]["median_ms"] for op in space.ops(arch))
-        measured = measure_model(space, arch, settings).median_ms
-        rows.append({"arch_key": arch.key(), "measured_ms": measured, "layer_sum_ms": layer_sum})
+        rows.append({"arch_key": arch.key(), "measured_ms": measure_model(space, arch, settings).median_ms,
+                     "layer_sum_ms": layer_sum})
     overhead = float(np.median([r["measured_ms"] - r["layer_sum_ms"] for r in rows]))
     lut.overhead = {"ms": overhead, "method": "median of measured - sum of layers", "models": rows}
     return overhead
