@@ -24,7 +24,6 @@ import abc
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
 from torch import nn
 
 from nas.errors import NASError, one_of
@@ -402,10 +401,3 @@ def build_sequential(ops: list[OpSpec]) -> nn.Sequential:
             raise ValueError(f"op {nxt.name or nxt.key} expects input {nxt.in_shape()}, "
                              f"but {prev.name or prev.key} gives {prev.out_shape()}")
     return nn.Sequential(*(op.build() for op in ops))
-
-
-def module_input(spec: OpSpec, batch: int = 1) -> torch.Tensor:
-    """A random input of the shape ``spec`` expects (to time or test it in isolation)."""
-    return torch.randn(batch, *spec.in_shape())
-
-

@@ -189,7 +189,7 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_arch(value: str, space) -> "nas.Arch":
+def load_arch(value: str, space):
     """An Arch from a preset name of ``space`` or a JSON file (``arch.json`` of a run)."""
     from nas.arch import Arch
 
@@ -255,7 +255,7 @@ def execute(cfg: dict):
     parts = make_components(cfg)
     searcher, evaluator, space, data = parts["searcher"], parts["evaluator"], parts["space"], parts["data"]
     cost_model, target = parts["cost_model"], cfg["target"]
-    searcher.check(space)
+    searcher.check(space)  # before the run directory is made (run_search checks again for library callers)
     evaluator.bind(space, data)
 
     run_dir = Path(cfg["output_dir"]) / cfg["run_name"]
@@ -303,7 +303,7 @@ def execute(cfg: dict):
         if saved.get("arch_key") == result.best.arch.key():
             weights = model_path.name
     summary = {
-        "run_name": cfg["run_name"], "space": space.name, "searcher": searcher.name,
+        "run_name": cfg["run_name"], "space": space.name,
         "evaluator": evaluator.name, "data": cfg["data"]["name"] if data is not None else None,
         "target": target["name"], "cost_model": cost_model.name, "cost_unit": cost_model.unit,
         "quality_metric": evaluator.metric, "seed": cfg["seed"], "storage": storage, "weights": weights,

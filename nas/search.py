@@ -131,7 +131,7 @@ class SearchProblem:
         found = self.ledger.lookup(arch)
         if found is not None:
             self.n_reused += 1
-            return self._record(found, model=None)
+            return self._record(found)
         ops = self.space.ops(arch)
         cost = self.cost_model.cost(ops)
         trial_id = self.ledger.start(arch)
@@ -147,9 +147,9 @@ class SearchProblem:
             # Before the ledger commits, so a kill in between re-evaluates (deterministically).
             self.on_evaluation(evaluation, score.model, self.best())
         self.ledger.finish(trial_id, evaluation)
-        return self._record(evaluation, model=score.model)
+        return self._record(evaluation)
 
-    def _record(self, evaluation: Evaluation, model) -> Evaluation:
+    def _record(self, evaluation: Evaluation) -> Evaluation:
         self.history.append(evaluation)
         self._by_key[evaluation.arch.key()] = evaluation
         if self._bar is not None:

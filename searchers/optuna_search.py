@@ -58,8 +58,8 @@ class OptunaSearch(Searcher):
             study.sampler = self._make_sampler(seed)
             trial = study.ask(distributions)
             proposals += 1
-            arch = Arch(trial.params)
-            cost = problem.cost(space.validate(arch))
+            arch = space.validate(Arch(trial.params))
+            cost = problem.cost(arch)
             if constrained:  # TPE and NSGA-II read trial constraints (<= 0 is feasible)
                 trial.set_constraint("cost_over_budget", cost - problem.budget)
             if not problem.within_budget(cost):

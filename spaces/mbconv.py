@@ -99,7 +99,6 @@ class MBConvSpace(Space):
     def all_ops(self, samples=0, seed=0):
         # Complete: each block's input width is the stem's or one of the previous stage's
         # widths (or its own stage's after the first block), at the resolution of its stage.
-        r = self.resolution
         stem = self.ops(self.canonicalize(Arch({d.name: d.options[0] for d in self.decisions()})))[0]
         ops = {stem.key: stem}
         c_prev = [stem.out_shape()[0]]
