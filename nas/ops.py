@@ -325,6 +325,28 @@ class Identity(OpKind):
         return nn.Identity()
 
 
+class AddSelf(nn.Module):
+    """Stands in for a residual addition when the addition is timed alone."""
+
+    def forward(self, x):
+        return x + x
+
+
+@register_op_kind("add")
+class ResidualAdd(OpKind):
+    """The elementwise addition of a residual connection (no MACs or parameters; two
+    tensors read, one written). Spaces list it so that LUTs and the roofline price it; the
+    models they build add their branches themselves."""
+
+    required = ("c_in", "res")
+
+    def memory_elements(self, **p):
+        return 3 * _numel(self.in_shape(**p))
+
+    def build(self, **p):
+        return AddSelf()
+
+
 class Zero(nn.Module):
     """The 'none' operation: a zero tensor of the input's shape (an edge that is cut)."""
 

@@ -93,10 +93,11 @@ def help_text() -> str:
         "Re-running with the same run_name resumes: finished evaluations are not repeated.",
         "",
         "examples:",
-        "  python -m nas.run                                      # mbconv on mnist5k, random search",
+        "  python -m nas.run                                      # uib on mnist5k, two-stage TuNAS, CPU latency",
+        "  python -m nas.run space=mbconv searcher=random target=macs",
         "  python -m nas.run space=nb201 evaluator=table searcher=optuna searcher.n_evals=100",
         "  python -m nas.run searcher=optuna searcher.sampler=nsga2 target=roofline_cpu",
-        "  python -m nas.run budget=2e6 target=macs searcher=optuna",
+        "  python -m nas.run space=mbconv budget=2e6 target=macs searcher=optuna",
         "",
         "Hydra's own options: --hydra-help, --cfg job, --multirun.",
     ]

@@ -70,6 +70,12 @@ class Space(abc.ABC):
         values = {d.name: d.options[int(rng.integers(len(d.options)))] for d in self.decisions()}
         return self.canonicalize(Arch(values))
 
+    def default_arch(self) -> Arch:
+        """Where a searcher holds the decisions it is not searching (e.g. the blocks while
+        a two-stage search shapes the stages). The default takes each decision's first
+        option."""
+        return self.canonicalize(Arch({d.name: d.options[0] for d in self.decisions()}))
+
     def canonicalize(self, arch: Arch) -> Arch:
         """Map archs that build the same network to one representative (e.g. decisions of
         blocks that a depth decision switches off). The default changes nothing."""

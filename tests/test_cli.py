@@ -11,7 +11,7 @@ import torch
 import nas
 from conftest import run_cli
 
-NB201 = ["space=nb201", "evaluator=table", "progress=false"]
+NB201 = ["space=nb201", "evaluator=table", "searcher=random", "target=macs", "progress=false"]
 
 
 def ledger_count(run_dir):
@@ -27,14 +27,15 @@ def test_help_lists_plugins(tmp_path, cli_env):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["space=nope"], "unknown space 'nope'; registered spaces: 'mbconv', 'nb201'"),
+    (["space=nope"], "unknown space 'nope'; registered spaces: 'mbconv', 'nb201', 'uib'"),
     (["searcher=nope"], "unknown searcher 'nope'; registered searchers:"),
     (["target=nope"], "unknown target 'nope'; registered targets:"),
     (["data=nope"], "unknown data set 'nope'; registered data sets:"),
     (["evaluator=nope"], "unknown evaluator 'nope'"),
-    (["space.widht=3"], "'space.widht' is not a field of space (mbconv); its fields are:"),
+    (["space.widht=3"], "'space.widht' is not a field of space (uib); its fields are:"),
     (["nonsense=1"], "'nonsense' is not a field of the run"),
-    (["searcher.n_evals=many"], "field 'n_evals' must be an integer"),
+    (["searcher=random", "searcher.n_evals=many"], "field 'n_evals' must be an integer"),
+    (["searcher.n_evals=5"], "'searcher.n_evals' is not a field of searcher (tunas)"),
     (["data=cifar10", "data.path=/no/such/folder"], "cifar10 data folder '/no/such/folder' does not exist"),
     (NB201 + ["budget=1000"], "budget 1000 MACs is infeasible for space 'nb201'"),
     (["space=nb201", "evaluator=table", "space.resolution=30"], "nb201 needs a resolution divisible by 4"),
@@ -91,8 +92,8 @@ def test_rerun_resumes_and_bad_rerun_loses_nothing(tmp_path, cli_env):
 
 
 def test_training_run_saves_loadable_best_model(tmp_path, cli_env):
-    out = run_cli(["data=synthetic", "searcher.n_evals=2", "evaluator.epochs=1", "progress=false", "run_name=m"],
-                  tmp_path, cli_env)
+    out = run_cli(["space=mbconv", "searcher=random", "target=macs", "data=synthetic", "searcher.n_evals=2",
+                   "evaluator.epochs=1", "progress=false", "run_name=m"], tmp_path, cli_env)
     assert out.returncode == 0, out.stderr
     run_dir = tmp_path / "runs" / "m"
     result = json.loads((run_dir / "result.json").read_text())
@@ -126,7 +127,8 @@ def test_third_party_space_from_cli(tmp_path, cli_env):
                 return nn.Sequential(*(op.build() for op in self.ops(arch)))
     '''))
     env = dict(cli_env, PYTHONPATH=f"{tmp_path}:{cli_env['PYTHONPATH']}")
-    args = ["plugins=[my_plugins]", "space=two_widths", "data=synthetic", "searcher.n_evals=2",
+    args = ["plugins=[my_plugins]", "space=two_widths", "searcher=random", "target=macs", "data=synthetic",
+            "searcher.n_evals=2",
             "evaluator.epochs=1", "progress=false", "run_name=p"]
     out = run_cli(args, tmp_path, env)
     assert out.returncode == 0, out.stderr

@@ -25,7 +25,8 @@ def test_installed_package_works_outside_the_checkout(tmp_path):
         "import json, nas, nas.run\n"
         "t = nas.get_space('nb201').benchmark_table()\n"
         "print(json.dumps({'file': nas.__file__, 'spaces': nas.list_spaces(), 'searchers': nas.list_searchers(),"
-        " 'rows': len(t), 'conf': nas.run.yaml_options('space')}))\n"
+        " 'rows': len(t), 'conf': nas.run.yaml_options('space'),"
+        " 'luts': {s: len(nas.lut.LUTCost('cpu', s).lut.entries) for s in nas.list_spaces()}}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)
@@ -33,4 +34,6 @@ def test_installed_package_works_outside_the_checkout(tmp_path):
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert ROOT not in Path(info["file"]).resolve().parents
     assert {"nb201", "mbconv"} <= set(info["spaces"]) and {"random", "optuna"} <= set(info["searchers"])
-    assert info["rows"] == 15625 and {"nb201", "mbconv"} <= set(info["conf"])
+    assert info["rows"] == 15625 and {"nb201", "mbconv", "uib"} <= set(info["conf"])
+    assert {"uib", "tunas"} <= set(info["spaces"]) | set(info["searchers"])
+    assert all(n > 0 for n in info["luts"].values())  # every space's CPU LUT is installed

@@ -9,10 +9,10 @@ from torch import nn
 import nas
 import nas.lut as lut_mod
 from nas import Decision, NASError, OpSpec, Space
-from nas.latency import HarnessSettings, measure
+from nas.latency import HarnessSettings, Timing, measure, measure_interleaved
 from nas.lut import LUTCost, LUTFile, build_lut, lut_path, validation_metrics
 
-FAST = HarnessSettings(warmup=1, threshold=0.2, min_run_time=0.005, max_run_time=0.05)
+FAST = HarnessSettings(warmup=1, rounds=2, min_run_time=0.005)
 
 
 class TwoConvs(Space):
@@ -39,8 +39,36 @@ class TwoConvs(Space):
 def test_slow_op_measures_slower_than_fast_op():
     slow = measure(nn.Conv2d(32, 32, 3, padding=1), (32, 32, 32), FAST)
     fast = measure(nn.Conv2d(4, 4, 1), (4, 4, 4), FAST)
-    assert slow.median_ms > 5 * fast.median_ms
-    assert slow.repeats >= 1 and slow.iqr_ms >= 0
+    assert slow.ms > 5 * fast.ms and slow.median_ms > 5 * fast.median_ms
+    assert len(slow.rounds_ms) == FAST.rounds and slow.runs >= FAST.rounds and slow.iqr_ms >= 0
+
+
+def test_interleaved_rounds_resume_and_report_every_timing():
+    seen = []
+    builders = {name: (lambda c=c: (nn.Conv2d(c, c, 1), (c, 4, 4))) for name, c in (("a", 2), ("b", 4))}
+    earlier = {"a": Timing([0.5, 0.25], 7)}
+    out = measure_interleaved(builders, HarnessSettings(warmup=0, rounds=3, min_run_time=0.002), done=earlier,
+                              on_measured=lambda k, t: seen.append((k, len(t.rounds_ms))))
+    # "a" had two rounds and gets one more; "b" gets all three, in rounds
+    assert sorted(seen) == [("a", 3), ("b", 1), ("b", 2), ("b", 3)]
+    assert out["a"].rounds_ms[:2] == [0.5, 0.25] and out["a"].runs > 7 and len(out["b"].rounds_ms) == 3
+    assert earlier["a"].rounds_ms == [0.5, 0.25]  # the caller's record is not changed
+    t = Timing([1.0, 2.0, 6.0], 3)
+    assert (t.ms, t.median_ms) == (3.0, 2.0)
+    assert Timing.from_dict(t.to_dict()) == t
+
+
+def test_onnxruntime_backend_times_the_exported_module(tmp_path):
+    pytest.importorskip("onnxruntime")
+    ort = HarnessSettings(warmup=1, rounds=2, min_run_time=0.005, backend="onnxruntime")
+    slow = measure(nn.Conv2d(32, 32, 3, padding=1), (32, 32, 32), ort)
+    fast = measure(nn.Conv2d(4, 4, 1), (4, 4, 4), ort)
+    assert slow.ms > 5 * fast.ms
+    space = TwoConvs()
+    build_lut(space, "t", ort, tmp_path, overhead_models=0, progress=False)
+    assert LUTCost("t", space.name, str(tmp_path), backend="onnxruntime").cost(space.ops(nas.Arch(w=4, k=1))) > 0
+    with pytest.raises(NASError, match="backend='onnxruntime' \\(asked 'torch'\\)"):
+        LUTCost("t", space.name, str(tmp_path))
 
 
 def test_harness_settings_are_checked():
@@ -48,17 +76,28 @@ def test_harness_settings_are_checked():
         HarnessSettings(dtype="float64")
     with pytest.raises(NASError, match="threads >= 1"):
         HarnessSettings(threads=0)
+    with pytest.raises(NASError, match="rounds >= 1"):
+        HarnessSettings(rounds=0)
+    with pytest.raises(NASError, match="backend 'tvm' is not one of 'torch', 'onnxruntime'"):
+        HarnessSettings(backend="tvm")
+    with pytest.raises(NASError, match="onnxruntime latency backend measures device='cpu' with dtype='float32'"):
+        HarnessSettings(backend="onnxruntime", dtype="bfloat16")
 
 
 def count_measurements(monkeypatch):
+    """Keys of the ops timed by build_lut, once per round."""
     calls = []
-    real = lut_mod.measure_op
+    real = lut_mod.op_builder
 
-    def counting(op, settings):
-        calls.append(op.key)
-        return real(op, settings)
+    def counting(op):
+        build = real(op)
 
-    monkeypatch.setattr(lut_mod, "measure_op", counting)
+        def counted():
+            calls.append(op.key)
+            return build()
+        return counted
+
+    monkeypatch.setattr(lut_mod, "op_builder", counting)
     return calls
 
 
@@ -67,37 +106,44 @@ def test_build_round_trip_and_incremental(tmp_path, monkeypatch):
     calls = count_measurements(monkeypatch)
     lut = build_lut(space, "t", FAST, tmp_path, overhead_models=2, progress=False)
     expected = {op.key for op in space.all_ops()}
-    assert set(calls) == expected and set(lut.entries) == expected
+    assert sorted(calls) == sorted(list(expected) * FAST.rounds) and set(lut.entries) == expected
     loaded = LUTFile.load(lut_path("t", space.name, tmp_path))
-    assert loaded.entries == lut.entries and loaded.overhead_ms == lut.overhead_ms
+    assert loaded.entries == lut.entries and loaded.overhead == lut.overhead
     assert loaded.meta["threads"] == 1 and loaded.meta["batch"] == 1 and loaded.meta["dtype"] == "float32"
     assert loaded.meta["torch"] == torch.__version__ and loaded.meta["processor"]
     # nothing new: nothing measured; one entry lost (an interrupted build): only it is measured
     calls.clear()
     build_lut(space, "t", FAST, tmp_path, overhead_models=2, progress=False)
     assert calls == []
-    dropped = sorted(expected)[0]
+    dropped, cut_short = sorted(expected)[:2]
     del loaded.entries[dropped]
+    loaded.entries[cut_short]["rounds_ms"] = loaded.entries[cut_short]["rounds_ms"][:1]
     loaded.save()
     build_lut(space, "t", FAST, tmp_path, overhead_models=2, progress=False)
-    assert calls == [dropped]
+    assert sorted(calls) == sorted([dropped, dropped, cut_short])
 
 
-def test_overhead_is_fitted_from_whole_models(tmp_path, monkeypatch):
+def test_overhead_and_scale_are_fitted_from_whole_models(tmp_path, monkeypatch):
     space = TwoConvs()
     lut = build_lut(space, "t", FAST, tmp_path, overhead_models=0, progress=False)
 
-    def fake_model_latency(space_, arch, settings):
-        total = sum(lut.entries[op.key]["median_ms"] for op in space_.ops(arch))
-        return lut_mod.Timing(total + 0.7, 0.0, 1)
+    def fake_models(space_, archs, settings, **kwargs):  # whole models: 1.25x their layers, plus 0.7 ms
+        return [Timing([0.7 + 1.25 * lut.layer_sum(space_.ops(a))], 1) for a in archs]
 
-    monkeypatch.setattr(lut_mod, "measure_model", fake_model_latency)
-    assert lut_mod.fit_overhead(lut, space, FAST, 5, seed=0, progress=False) == pytest.approx(0.7)
+    monkeypatch.setattr(lut_mod, "measure_models", fake_models)
+    overhead, scale = lut_mod.fit_overhead(lut, space, FAST, 8, seed=0, progress=False)
+    assert (overhead, scale) == (pytest.approx(0.7), pytest.approx(1.25))
     lut.save()
     cost = LUTCost("t", space.name, str(tmp_path))
     arch = nas.Arch(w=8, k=3)
-    assert cost.cost(space.ops(arch)) == pytest.approx(
-        sum(lut.entries[op.key]["median_ms"] for op in space.ops(arch)) + 0.7)
+    assert cost.cost(space.ops(arch)) == pytest.approx(0.7 + 1.25 * lut.layer_sum(space.ops(arch)))
+    assert cost.cost(space.ops(arch)) == pytest.approx(LUTFile.load(cost.path).predict(space.ops(arch)))
+
+
+def test_calibration_falls_back_to_a_constant():
+    # too few models for a line, or a fit with a non-physical slope: scale 1, median offset
+    assert lut_mod.fit_calibration([1.0, 2.0], [1.5, 2.7]) == (pytest.approx(0.6), 1.0)
+    assert lut_mod.fit_calibration([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == (pytest.approx(0.0), 1.0)
 
 
 def test_lut_errors(tmp_path):
@@ -124,8 +170,11 @@ def test_lut_errors(tmp_path):
     path.write_text("{ not json")
     with pytest.raises(NASError, match="corrupted"):
         LUTCost("t", space.name, str(tmp_path))
-    path.write_text(json.dumps({"format": "hwnas-lut/1", "meta": {}, "entries": {}, "overhead": {}}))
+    path.write_text(json.dumps({"format": lut_mod.FORMAT, "meta": {}, "entries": {}, "overhead": {}}))
     with pytest.raises(NASError, match="corrupted"):
+        LUTCost("t", space.name, str(tmp_path))
+    path.write_text(json.dumps({"format": "hwnas-lut/1", "meta": {}, "entries": {}, "overhead": {}}))
+    with pytest.raises(NASError, match="is not a hwnas-lut/2 file"):
         LUTCost("t", space.name, str(tmp_path))
 
 
@@ -170,3 +219,24 @@ def test_lut_cli_refuses_analytic_targets_and_missing_luts(tmp_path, cli_env):
     assert out.returncode == 2 and "build it with: python -m nas.lut build space=nb201 target=cpu" in out.stderr
     out = run("measure", "space=nb201")
     assert out.returncode == 2 and "unknown command 'measure'" in out.stderr
+
+
+def test_lut_cli_builds_and_validates(tmp_path, cli_env):
+    import subprocess
+    import sys
+
+    quick = ["space=nb201", "evaluator=table", "target=cpu", f"target.options.lut_dir={tmp_path / 'luts'}",
+             "rounds=1", "min_run_time=0.002", "progress=false", f"output_dir={tmp_path / 'out'}"]
+    out = subprocess.run([sys.executable, "-m", "nas.lut", "build", *quick, "overhead_models=3"], cwd=tmp_path,
+                         env=cli_env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lut = LUTFile.load(tmp_path / "luts" / "cpu" / "nb201.json")
+    assert len(lut.entries) == len(nas.get_space("nb201").all_ops()) and len(lut.overhead["models"]) == 3
+    assert lut.settings.rounds == 1 and lut.meta["space_config"]["resolution"] == 32
+    out = subprocess.run([sys.executable, "-m", "nas.lut", "validate", *quick, "n=3"], cwd=tmp_path, env=cli_env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "Spearman" in out.stdout and "within ±10%" in out.stdout
+    record = json.loads((tmp_path / "out" / "lut-validate-cpu-nb201.json").read_text())
+    assert record["n"] == 3 and len(record["archs"]) == 3 and record["scale"] == lut.scale
+    assert (tmp_path / "out" / "lut-validate-cpu-nb201.png").read_bytes()[:4] == b"\x89PNG"

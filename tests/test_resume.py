@@ -34,7 +34,7 @@ def comparable(result):
 
 @pytest.mark.parametrize("searcher", [["searcher=random"], ["searcher=optuna", "searcher.n_startup_trials=2"]])
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, cli_env, searcher):
-    args = ["data=synthetic", "data.n=768", f"searcher.n_evals={N_EVALS}", "evaluator.epochs=2", "progress=false",
+    args = ["space=mbconv", "target=macs", "data=synthetic", "data.n=768", f"searcher.n_evals={N_EVALS}", "evaluator.epochs=2", "progress=false",
             "run_name=k", "seed=5", *searcher]
     # Uninterrupted reference run.
     ref_dir = tmp_path / "ref"

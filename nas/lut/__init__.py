@@ -2,9 +2,16 @@
 
 A LUT file (``latency_luts/<target>/<space>.json``) holds its metadata (target, space and
 its config, processor, torch version, harness settings, dates), one entry per OpSpec key
-(median ms, IQR, repeats), and a constant overhead fitted from whole-model measurements
-(input handling, the model's own glue such as additions, dispatch), which the ``lut``
-cost model adds to the sum over layers.
+(latency, median, IQR, repeats, per-round medians), and a calibration fitted from
+whole-model measurements: a constant overhead (input handling, the model's own glue such
+as additions, dispatch) and an in-context scale. The ``lut`` cost model predicts
+``overhead + scale * sum(layer latencies)``.
+
+Why a scale: a layer timed alone runs with its input, weights and scratch buffers hot in
+cache; inside a model they were last touched a whole layer ago or more. On the CPU the
+shipped LUTs were built on, NAS-Bench-201's convolutions and poolings run about 30% slower
+inside the network than alone, whatever the op; a constant alone under-predicts
+conv-heavy cells and over-predicts light ones (see ``latency_luts/README.md``).
 
     python -m nas.lut build space=nb201 target=cpu
     python -m nas.lut validate space=nb201 target=cpu n=50
@@ -24,12 +31,11 @@ import torch
 
 from nas.costs import CostModel
 from nas.errors import NASError
-from nas.latency import HarnessSettings, Timing, device_name, measure
+from nas.latency import IDENTITY_FIELDS, HarnessSettings, Timing, device_name, measure_interleaved
 from nas.ops import OpSpec
 from nas.registry import register_cost_model
 
-FORMAT = "hwnas-lut/1"
-HARNESS_FIELDS = ("device", "threads", "batch", "dtype")
+FORMAT = "hwnas-lut/2"
 
 
 def default_lut_dir() -> Path:
@@ -51,22 +57,36 @@ class LUTFile:
         self.path = Path(path)
         self.meta = meta
         self.entries = entries
-        self.overhead = overhead or {"ms": 0.0, "models": []}
+        self.overhead = overhead or {"ms": 0.0, "scale": 1.0, "models": []}
 
     @property
     def overhead_ms(self) -> float:
         return float(self.overhead.get("ms", 0.0))
 
     @property
+    def scale(self) -> float:
+        return float(self.overhead.get("scale", 1.0))
+
+    @property
     def settings(self) -> HarnessSettings:
-        return HarnessSettings(**self.meta["harness"])
+        return HarnessSettings.from_dict(self.meta["harness"])
+
+    def timings(self) -> dict[str, Timing]:
+        return {key: Timing.from_dict(e) for key, e in self.entries.items()}
+
+    def layer_sum(self, ops) -> float:
+        """Sum of the measured (isolated) latencies of ``ops``; KeyError if one is missing."""
+        return float(sum(self.entries[op.key]["ms"] for op in ops))
+
+    def predict(self, ops) -> float:
+        return self.overhead_ms + self.scale * self.layer_sum(ops)
 
     @classmethod
     def new(cls, path, target: str, space, settings: HarnessSettings) -> "LUTFile":
         meta = {"target": target, "space": space.name, "space_config": space.config(),
                 "device": settings.device, "processor": device_name(settings.device),
                 "torch": torch.__version__, "threads": settings.threads, "batch": settings.batch,
-                "dtype": settings.dtype, "harness": settings.to_dict(), "created": _now(), "updated": _now()}
+                "dtype": settings.dtype, "backend": settings.backend, "harness": settings.to_dict(), "created": _now(), "updated": _now()}
         return cls(path, meta, {})
 
     @classmethod
@@ -83,9 +103,12 @@ class LUTFile:
         try:
             meta, entries, overhead = doc["meta"], doc["entries"], doc["overhead"]
             for key, e in entries.items():
-                if not (isinstance(e["median_ms"], (int, float)) and e["median_ms"] >= 0):
+                if not (isinstance(e["ms"], (int, float)) and e["ms"] >= 0 and e["rounds_ms"]):
                     raise ValueError(key)
-            HarnessSettings(**meta["harness"])
+            for field in ("ms", "scale"):
+                if not isinstance(overhead.get(field, 0.0), (int, float)):
+                    raise ValueError(f"overhead.{field}")
+            HarnessSettings.from_dict(meta["harness"])
         except (KeyError, TypeError, ValueError) as exc:
             raise NASError(f"LUT file {str(path)!r} is corrupted (bad or missing field {exc}); "
                            "delete it and rebuild") from None
@@ -108,8 +131,8 @@ class LUTFile:
         if space_name is not None and self.meta.get("space") != space_name:
             raise NASError(f"LUT file {where!r} is for space {self.meta.get('space')!r}, not {space_name!r}")
         if settings is not None:
-            diffs = [f"{k}={self.meta['harness'][k]!r} (asked {getattr(settings, k)!r})"
-                     for k in HARNESS_FIELDS if self.meta["harness"].get(k) != getattr(settings, k)]
+            ours, asked = self.settings.identity(), settings.identity()
+            diffs = [f"{k}={ours[k]!r} (asked {asked[k]!r})" for k in IDENTITY_FIELDS if ours[k] != asked[k]]
             if diffs:
                 raise NASError(f"LUT file {where!r} was measured with other settings: {', '.join(diffs)}")
 
@@ -122,24 +145,32 @@ class LUTFile:
         self.entries[op.key] = timing.to_dict()
 
 
+def op_builder(op: OpSpec):
+    return lambda: (op.build(), tuple(op.in_shape()))
+
+
+def model_builder(space, arch):
+    return lambda: (space.build(arch), tuple(space.input_shape))
+
+
 def measure_op(op: OpSpec, settings: HarnessSettings) -> Timing:
-    torch.manual_seed(0)
-    return measure(op.build(), tuple(op.in_shape()), settings)
+    return measure_interleaved({op.key: op_builder(op)}, settings)[op.key]
 
 
 @register_cost_model("lut")
 class LUTCost(CostModel):
-    """Latency in ms from a measured LUT: the sum over layers plus the fitted overhead."""
+    """Latency in ms from a measured LUT: the fitted overhead plus the in-context scale
+    times the sum over layers (so ``op_cost`` is a layer's latency inside a model)."""
 
     unit = "ms"
 
     def __init__(self, target: str = "cpu", space: str | None = None, lut_dir: str | None = None,
                  file: str | None = None, measure_missing: bool = False, device: str = "cpu", threads: int = 1,
-                 batch: int = 1, dtype: str = "float32"):
+                 batch: int = 1, dtype: str = "float32", backend: str = "torch"):
         if file is None and space is None:
             raise NASError("the lut cost model needs the space (or a LUT file) it prices")
         self.target = target
-        self.settings = HarnessSettings(device=device, threads=threads, batch=batch, dtype=dtype)
+        self.settings = HarnessSettings(device=device, threads=threads, batch=batch, dtype=dtype, backend=backend)
         self.path = Path(file) if file else lut_path(target, space, lut_dir)
         self.lut = LUTFile.load(self.path) if self.path.exists() else None
         if self.lut is None:
@@ -161,7 +192,7 @@ class LUTCost(CostModel):
             self.lut.add(op, measure_op(op, self.lut.settings))
             self.lut.save()
             entry = self.lut.entries[op.key]
-        return float(entry["median_ms"])
+        return self.lut.scale * float(entry["ms"])
 
     def overhead(self):
         return self.lut.overhead_ms
@@ -170,30 +201,39 @@ class LUTCost(CostModel):
 # ---------------------------------------------------------------------------- build / validate
 
 
-def measure_model(space, arch, settings: HarnessSettings) -> Timing:
-    torch.manual_seed(0)
-    return measure(space.build(arch), space.input_shape, settings)
+def measure_models(space, archs, settings: HarnessSettings, seed: int = 0, progress: bool = True,
+                   desc: str = "models") -> list[Timing]:
+    """End-to-end latency of each arch, in interleaved rounds."""
+    builders = {i: model_builder(space, arch) for i, arch in enumerate(archs)}
+    timings = measure_interleaved(builders, settings, seed=seed, progress=progress, desc=desc)
+    return [timings[i] for i in range(len(archs))]
 
 
 def build_lut(space, target: str, settings: HarnessSettings, lut_dir=None, samples: int = 2000,
-              overhead_models: int = 10, seed: int = 0, progress: bool = True) -> LUTFile:
-    """Measure every OpSpec of ``space`` not yet in the target's LUT (saving as it goes, so
-    an interrupted build continues where it stopped), then fit the overhead."""
-    from tqdm.auto import tqdm
-
+              overhead_models: int = 20, seed: int = 0, progress: bool = True) -> LUTFile:
+    """Measure every OpSpec of ``space`` not yet in the target's LUT with all its rounds
+    (saving as it goes, so an interrupted build continues where it stopped), then fit the
+    calibration on ``overhead_models`` whole models."""
     path = lut_path(target, space.name, lut_dir)
     lut = LUTFile.load(path) if path.exists() else LUTFile.new(path, target, space, settings)
     lut.check_matches(target, space.name, settings)
     if lut.entries and not lut.on_this_machine():
         raise NASError(f"LUT file {str(path)!r} was measured on {lut.meta.get('processor')!r} with torch "
                        f"{lut.meta.get('torch')}; extend it on that machine or start a new file")
-    todo = [op for op in space.all_ops(samples=samples, seed=seed) if op.key not in lut.entries]
-    last_save = time.monotonic()
-    for op in tqdm(todo, desc=f"LUT {target}/{space.name}", unit="op", disable=not progress):
-        lut.add(op, measure_op(op, settings))
-        if time.monotonic() - last_save > 5:
+    lut.meta["harness"] = settings.to_dict()
+    done = lut.timings()
+    todo = [op for op in space.all_ops(samples=samples, seed=seed)
+            if op.key not in done or len(done[op.key].rounds_ms) < settings.rounds]
+    last_save = [time.monotonic()]
+
+    def save_now_and_then(key, timing):
+        lut.entries[key] = timing.to_dict()
+        if time.monotonic() - last_save[0] > 5:
             lut.save()
-            last_save = time.monotonic()
+            last_save[0] = time.monotonic()
+
+    measure_interleaved({op.key: op_builder(op) for op in todo}, settings, done=done, seed=seed,
+                        on_measured=save_now_and_then, progress=progress, desc=f"LUT {target}/{space.name}")
     lut.save()
     if overhead_models > 0 and (todo or not lut.overhead.get("models")):
         fit_overhead(lut, space, settings, overhead_models, seed=seed + 1_000_003, progress=progress)
@@ -201,23 +241,35 @@ def build_lut(space, target: str, settings: HarnessSettings, lut_dir=None, sampl
     return lut
 
 
-def fit_overhead(lut: LUTFile, space, settings: HarnessSettings, n_models: int, seed: int,
-                 progress: bool = True) -> float:
-    """The constant that adds the LUT sum up to whole-model latency (input handling, the
-    model's glue that no OpSpec covers, dispatch): the median over ``n_models`` random
-    archs of measured minus summed latency (robust to one noisy measurement)."""
-    from tqdm.auto import tqdm
+def fit_calibration(layer_sums, measured) -> tuple[float, float]:
+    """(overhead ms, scale) minimising the squared *relative* error of
+    ``overhead + scale * layer_sum`` against ``measured`` (relative, because a LUT is
+    judged by the share of models within ±10%). With fewer than 3 models, or a fit
+    that is not physical (scale <= 0), the scale stays 1 and the overhead is the median
+    of measured - summed."""
+    sums, meas = np.asarray(layer_sums, float), np.asarray(measured, float)
+    if len(meas) >= 3 and np.ptp(sums) > 0:
+        design = np.c_[np.ones_like(sums), sums] / meas[:, None]
+        overhead, scale = np.linalg.lstsq(design, np.ones_like(meas), rcond=None)[0]
+        if scale > 0:
+            return float(overhead), float(scale)
+    return float(np.median(meas - sums)), 1.0
 
+
+def fit_overhead(lut: LUTFile, space, settings: HarnessSettings, n_models: int, seed: int,
+                 progress: bool = True) -> tuple[float, float]:
+    """Measure ``n_models`` random archs end to end and fit the LUT's overhead and scale
+    (:func:`fit_calibration`); the models are kept in the file for inspection."""
     rng = np.random.default_rng(seed)
-    rows = []
-    for _ in tqdm(range(n_models), desc="overhead", unit="model", disable=not progress):
-        arch = space.sample(rng)
-        layer_sum = sum(lut.entries[op.key]["median_ms"] for op in space.ops(arch))
-        rows.append({"arch_key": arch.key(), "measured_ms": measure_model(space, arch, settings).median_ms,
-                     "layer_sum_ms": layer_sum})
-    overhead = float(np.median([r["measured_ms"] - r["layer_sum_ms"] for r in rows]))
-    lut.overhead = {"ms": overhead, "method": "median of measured - sum of layers", "models": rows}
-    return overhead
+    archs = [space.sample(rng) for _ in range(n_models)]
+    timings = measure_models(space, archs, settings, seed=seed, progress=progress, desc="calibration models")
+    rows = [{"arch_key": arch.key(), "measured_ms": t.ms, "layer_sum_ms": lut.layer_sum(space.ops(arch))}
+            for arch, t in zip(archs, timings)]
+    overhead, scale = fit_calibration([r["layer_sum_ms"] for r in rows], [r["measured_ms"] for r in rows])
+    lut.overhead = {"ms": overhead, "scale": scale,
+                    "method": "least relative squares of measured vs overhead + scale * sum of layers",
+                    "models": rows}
+    return overhead, scale
 
 
 def validation_metrics(predicted, measured) -> dict:
@@ -233,18 +285,17 @@ def validation_metrics(predicted, measured) -> dict:
 def validate_lut(space, cost_model: LUTCost, settings: HarnessSettings, n: int, seed: int, plot_path=None,
                  progress: bool = True) -> dict:
     """Measure ``n`` random archs end to end against the LUT's prediction."""
-    from tqdm.auto import tqdm
-
     rng = np.random.default_rng(seed)
-    predicted, measured = [], []
-    for _ in tqdm(range(n), desc=f"validate {space.name}", unit="model", disable=not progress):
-        arch = space.sample(rng)
-        predicted.append(cost_model.cost(space.ops(arch)))
-        measured.append(measure_model(space, arch, settings).median_ms)
+    archs = [space.sample(rng) for _ in range(n)]
+    predicted = [cost_model.cost(space.ops(arch)) for arch in archs]
+    measured = [t.ms for t in measure_models(space, archs, settings, seed=seed, progress=progress,
+                                             desc=f"validate {space.name}")]
     metrics = validation_metrics(predicted, measured)
     if plot_path is not None:
         plot_validation(predicted, measured, metrics, plot_path, f"{cost_model.target} / {space.name}")
     metrics["predicted_ms"], metrics["measured_ms"] = predicted, measured
+    metrics["layer_sum_ms"] = [cost_model.lut.layer_sum(space.ops(arch)) for arch in archs]
+    metrics["archs"] = [dict(arch) for arch in archs]
     return metrics
 
 

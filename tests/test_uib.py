@@ -1,0 +1,197 @@
+"""The UIB space (MobileNetV4), its weight-sharing supernet, and the TuNAS searcher."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import nas
+from nas import NASError
+from searchers.tunas import Controller
+from spaces.uib import block_layers, make_divisible, parse_blocks
+
+
+def small_space(**kw):
+    return nas.get_space("uib", resolution=32, in_channels=3, num_classes=10, **kw)
+
+
+@pytest.mark.parametrize("name, params, macs", [("mnv4_conv_small", 3.8e6, 0.2e9), ("mnv4_conv_medium", 9.7e6, 0.84e9)])
+def test_mnv4_presets_match_published_size(name, params, macs):
+    space = nas.get_space("uib", skeleton=name)  # 224 px, 1000 classes
+    arch = space.preset(name)
+    ops = space.ops(arch)
+    n_params = sum(op.num_params() for op in ops)
+    n_macs = sum(op.macs() for op in ops)
+    assert n_params == sum(p.numel() for p in space.build(arch).parameters())
+    assert n_params == pytest.approx(params, rel=0.01)
+    assert n_macs == pytest.approx(macs, rel=0.08)
+    assert space.presets() == [name]
+
+
+def test_mnv4_conv_small_exact_counts():
+    space = nas.get_space("uib", skeleton="mnv4_conv_small")
+    ops = space.ops(space.preset("mnv4_conv_small"))
+    # the published network, counted layer by layer (3.77M parameters, 0.186G MACs)
+    assert sum(op.num_params() for op in ops) == 3_774_024
+    assert sum(op.macs() for op in ops) == 186_005_568
+
+
+def test_block_specs_parse_and_make_divisible():
+    assert parse_blocks("conv(3, 2, 32), 2 x uib(0, 3, 1, 4, 128), fused(3,2,4,48)") == [
+        ("conv", 3, 2, 32), ("uib", 0, 3, 1, 4, 128), ("uib", 0, 3, 1, 4, 128), ("fused", 3, 2, 4, 48)]
+    with pytest.raises(NASError, match="uib takes 5 numbers"):
+        parse_blocks("uib(3, 3, 1, 4)")
+    with pytest.raises(NASError, match="is not a block spec"):
+        parse_blocks("mbconv(3, 1)")
+    assert [make_divisible(v) for v in (3, 20, 36, 100.0, 1000)] == [8, 24, 40, 104, 1000]
+
+
+@pytest.mark.parametrize("start, mid, fused, kinds", [
+    (3, 5, False, ["dw3", "pw", "dw5", "pw"]),  # ExtraDW
+    (0, 3, False, ["pw", "dw3", "pw"]),  # IB
+    (5, 0, False, ["dw5", "pw", "pw"]),  # ConvNeXt-like
+    (0, 0, False, ["pw", "pw"]),  # FFN
+    (0, 5, True, ["full5", "pw"]),  # Fused-IB
+])
+def test_each_uib_instantiation_builds_and_runs(start, mid, fused, kinds):
+    space = small_space()
+    base = space.default_arch()
+    arch = space.validate(base.replace(s1_depth=2, s1_b2_start_dw=start, s1_b2_mid_dw=mid, s1_b2_fused=fused,
+                                       s1_b2_expansion=3))
+    model = space.build(arch)
+    block = model[2]  # stem, stage1.block1, stage1.block2
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    got = [("dw" if c.groups > 1 else ("pw" if c.kernel_size[0] == 1 else "full")) + (
+        str(c.kernel_size[0]) if c.kernel_size[0] > 1 else "") for c in convs]
+    assert got == kinds
+    assert block.residual  # stride 1, same width
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+
+
+def test_canonical_forms():
+    space = small_space()
+    arch = space.default_arch()
+    # an FFN in a strided first slot has no depthwise to carry the stride: it is the IB 3x3
+    ffn = space.validate(arch.replace(s2_b1_start_dw=0, s2_b1_mid_dw=0))
+    assert ffn["s2_b1_mid_dw"] == 3
+    # a Fused-IB ignores the start depthwise
+    fused = space.validate(arch.replace(s1_b1_fused=True, s1_b1_start_dw=5, s1_b1_mid_dw=0))
+    assert (fused["s1_b1_start_dw"], fused["s1_b1_mid_dw"]) == (0, 3)
+    # blocks beyond the depth hold the default block
+    deep = space.validate(arch.replace(s2_depth=1, s2_b3_start_dw=7, s2_b3_expansion=6))
+    assert (deep["s2_b3_start_dw"], deep["s2_b3_expansion"]) == (0, 4)
+
+
+def test_all_ops_cover_every_arch():
+    space = nas.get_space("uib", resolution=28, in_channels=1, num_classes=10)
+    keys = {op.key for op in space.all_ops()}
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        assert {op.key for op in space.ops(space.sample(rng))} <= keys
+
+
+def randomise_batchnorm(module):
+    gen = torch.Generator().manual_seed(0)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=gen) - 0.5)
+
+
+@pytest.mark.parametrize("skeleton, resolution", [("small", 32), ("mnv4_conv_small", 64)])
+def test_supernet_path_equals_standalone_model_with_its_weights(skeleton, resolution):
+    space = nas.get_space("uib", resolution=resolution, in_channels=3, num_classes=10, skeleton=skeleton)
+    torch.manual_seed(0)
+    supernet = space.supernet()
+    randomise_batchnorm(supernet)
+    supernet.eval()
+    x = torch.randn(2, 3, resolution, resolution)
+    rng = np.random.default_rng(0)
+    archs = [space.sample(rng) for _ in range(4)] + [space.preset(p) for p in space.presets()]
+    for arch in archs:
+        with torch.no_grad():
+            shared = supernet(x, arch)
+            alone = supernet.export(arch).eval()(x)
+        assert torch.allclose(shared, alone, atol=1e-5), arch
+    # smaller kernels are the centres of the largest one, narrower layers its first channels
+    slot = supernet.slots["s1_b1"]["mid_dw"]
+    layers, _ = block_layers(("uib", 0, 3, 1, 4, 16), 16, 16, "x")
+    conv = layers[1].build()
+    slot.export(conv[0], conv[1])
+    assert torch.equal(conv[0].weight, slot.weight[:64, :, 2:5, 2:5])
+
+
+def test_controller_reinforce_moves_toward_the_rewarded_choice():
+    decision = nas.Decision("k", (3, 5, 7))
+    controller = Controller([decision], lr=0.1)
+    gen = torch.Generator().manual_seed(0)
+    baseline = 0.0
+    for _ in range(150):
+        idx = controller.sample(gen)
+        reward = 1.0 if idx["k"] == 2 else 0.0
+        controller.reinforce(idx, reward - baseline)
+        baseline = 0.95 * baseline + 0.05 * reward
+    assert controller.probs()["k"][2] > 0.9 and controller.argmax() == {"k": 2}
+
+
+def tiny_problem(seed=0, cost_model="macs"):
+    space = nas.get_space("uib", resolution=16, in_channels=1, num_classes=4)
+    data = nas.get_dataset("synthetic", n=256, num_classes=4, resolution=16, in_channels=1)
+    evaluator = nas.get_evaluator("train", epochs=1, batch_size=64)
+    evaluator.bind(space, data)
+    return nas.SearchProblem(space, nas.get_cost_model(cost_model), evaluator, seed=seed, progress=False)
+
+
+def test_tunas_two_stages_end_to_end_and_seeded():
+    searcher = nas.get_searcher("tunas", steps=8, batch_size=16, reward_batch_size=32, warmup=0.5)
+    result = nas.run_search(searcher, tiny_problem())
+    stage1, stage2 = result.extras["stages"]
+    space = nas.get_space("uib", resolution=16, in_channels=1, num_classes=4)
+    assert set(stage1["searched"]) == {d.name for d in space.decisions("coarse")}
+    assert set(stage2["searched"]) == {d.name for d in space.decisions("fine")}
+    # stage 1 searched the shape with every block held at IB, expansion 4, 3x3
+    shape = {k: v for k, v in stage1["argmax_arch"].items() if k.endswith(("_width", "_depth"))}
+    blocks = {k: v for k, v in stage1["argmax_arch"].items() if k not in shape}
+    assert blocks == {k: v for k, v in space.default_arch().items() if k in blocks}
+    final = result.best.arch
+    assert {k: final[k] for k in shape} == shape  # stage 2 kept the stage-1 shape
+    assert result.n_evals == 1 and result.extras["target_from"] == "median of 200 random archs"
+    assert result.extras["cost_error"] == pytest.approx(result.best.cost / result.extras["target_cost"] - 1)
+    again = nas.run_search(nas.get_searcher("tunas", steps=8, batch_size=16, reward_batch_size=32, warmup=0.5),
+                           tiny_problem())
+    assert again.best.arch == final and again.extras["stages"][1]["final_probs"] == stage2["final_probs"]
+
+
+def test_tunas_warmup_keeps_the_controller_still_and_one_stage_searches_all():
+    searcher = nas.get_searcher("tunas", stages=1, steps=4, batch_size=16, reward_batch_size=16, warmup=0.75)
+    result = nas.run_search(searcher, tiny_problem())
+    (stage,) = result.extras["stages"]
+    space = nas.get_space("uib", resolution=16, in_channels=1, num_classes=4)
+    assert len(stage["searched"]) == len(space.decisions())
+    snapshots = {s["step"]: s["probs"] for s in stage["trajectory"]}
+    for step in (0, 1, 2):  # the first 75% of 4 steps: controller learning rate zero
+        for probs in snapshots[step].values():
+            assert probs == pytest.approx([1 / len(probs)] * len(probs))
+    assert snapshots[3] != snapshots[2]
+
+
+def test_tunas_errors():
+    with pytest.raises(NASError, match="stages must be 1"):
+        nas.get_searcher("tunas", stages=3)
+    with pytest.raises(NASError, match="beta must be <= 0"):
+        nas.get_searcher("tunas", beta=0.5)
+    with pytest.raises(NASError, match="needs a space with 'supernet'"):
+        nas.run_search(nas.get_searcher("tunas"), nas.SearchProblem(
+            nas.get_space("nb201"), nas.get_cost_model("macs"), nas.get_evaluator("table"), progress=False))
+    problem = tiny_problem()
+    problem.evaluator = nas.get_evaluator("table")
+    with pytest.raises(NASError, match="needs a data set"):
+        nas.run_search(nas.get_searcher("tunas", steps=2), problem)
+    with pytest.raises(NASError, match="uib skeleton 'large' is not one of"):
+        nas.get_space("uib", skeleton="large")
+    with pytest.raises(NASError, match="must include 3 and 0"):
+        nas.get_space("uib", kernels=[5, 7])
