@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout, not an installed copy
 
 
 def build(space: str, lut_dir: str, rounds: int, overhead_models: int) -> tuple[float, int]:

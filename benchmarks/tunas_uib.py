@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout, not an installed copy
 
 
 def step_seconds(model_step, repeats: int = 8) -> float:

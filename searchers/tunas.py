@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from nas import Arch, NASError, Searcher, register_searcher
-from nas.train import make_optimizer
 
 
 class Controller:
@@ -162,7 +161,7 @@ class TuNAS(Searcher):
                    device, bar) -> dict:
         space = problem.space
         controller = Controller(searched, self.controller_lr)
-        optimizer = make_optimizer("sgd", supernet.parameters(), self.lr, self.momentum, self.weight_decay)
+        optimizer = supernet.optimizer(self.lr, self.momentum, self.weight_decay)
         warmup_steps = int(self.warmup * self.steps)
         baseline = None
         largest = {d.name: max(range(len(d.options)), key=lambda i, d=d: d.options[i])

@@ -426,39 +426,93 @@ class UIBSpace(Space):
 # ---------------------------------------------------------------------------- supernet
 
 
-def _centre(weight: torch.Tensor, k: int) -> torch.Tensor:
-    """The central kxk window of a (larger) kernel."""
-    K = weight.shape[-1]
-    lo = (K - k) // 2
-    return weight[..., lo:lo + k, lo:lo + k]
+def _centre_index(size: int, k: int) -> slice:
+    """The central k of ``size`` positions (a kxk kernel inside a larger one)."""
+    lo = (size - k) // 2
+    return slice(lo, lo + k)
+
+
+class Pieces:
+    """The slices of shared parameters one training forward pass used.
+
+    A slice taken from a parameter directly would give that whole parameter a gradient
+    (zeros outside the slice) and make the optimizer update all of it: for the largest
+    kernels and widths, several times the work of the path itself. So while recording,
+    a use gets a detached view of its slice as its own leaf; :class:`SliceSGD` updates
+    exactly those slices from their gradients.
+    """
+
+    def __init__(self):
+        self.used: list[tuple[nn.Parameter, tuple, torch.Tensor]] = []
+        self.recording = False
+
+    def take(self, param: nn.Parameter, index: tuple) -> torch.Tensor:
+        if not (self.recording and torch.is_grad_enabled()):
+            return param[index]
+        piece = param.detach()[index].requires_grad_()
+        self.used.append((param, index, piece))
+        return piece
+
+
+class SliceSGD(torch.optim.Optimizer):
+    """SGD with momentum and weight decay on the slices of the last recorded forward
+    pass only; weights a step did not use are left as they are (no decay, no stale
+    momentum)."""
+
+    def __init__(self, params, pieces: Pieces, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+        self.pieces = pieces
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)  # the pieces' gradients are new every pass
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        group = self.param_groups[0]
+        lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+        for param, index, piece in self.pieces.used:
+            if piece.grad is None:
+                continue
+            grad = piece.grad.add(param[index], alpha=decay) if decay else piece.grad
+            state = self.state[param]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(param)
+            buf = state["momentum_buffer"][index]
+            buf.mul_(momentum).add_(grad)
+            param[index].sub_(buf, alpha=lr)
+        self.pieces.used.clear()
 
 
 class SharedConv(nn.Module):
     """A conv + BN whose weights serve every narrower and smaller use: a use takes the
     first ``c_out`` filters, the first ``c_in`` input channels and the central ``k``."""
 
-    def __init__(self, c_in: int, c_out: int, k: int, depthwise: bool = False):
+    def __init__(self, c_in: int, c_out: int, k: int, pieces: Pieces, depthwise: bool = False):
         super().__init__()
         self.depthwise = depthwise
         self.weight = nn.Parameter(torch.empty(c_out, 1 if depthwise else c_in, k, k))
         nn.init.kaiming_normal_(self.weight, mode="fan_out")
         self.bn = nn.BatchNorm2d(c_out)
+        self.pieces = pieces
+
+    def weight_index(self, c_out: int, c_in: int, k: int) -> tuple:
+        centre = _centre_index(self.weight.shape[-1], k)
+        return (slice(0, c_out), slice(None) if self.depthwise else slice(0, c_in), centre, centre)
 
     def forward(self, x, c_out: int, k: int, stride: int, act: bool):
         c_in = x.shape[1]
-        w = _centre(self.weight[:c_out] if self.depthwise else self.weight[:c_out, :c_in], k)
+        w = self.pieces.take(self.weight, self.weight_index(c_out, c_in, k))
         y = F.conv2d(x, w, None, stride, k // 2, groups=c_in if self.depthwise else 1)
-        bn = self.bn
-        y = F.batch_norm(y, bn.running_mean[:c_out], bn.running_var[:c_out], bn.weight[:c_out], bn.bias[:c_out],
-                         bn.training, bn.momentum, bn.eps)
+        bn, out = self.bn, (slice(0, c_out),)
+        y = F.batch_norm(y, bn.running_mean[:c_out], bn.running_var[:c_out], self.pieces.take(bn.weight, out),
+                         self.pieces.take(bn.bias, out), bn.training, bn.momentum, bn.eps)
         return F.relu(y) if act else y
 
     def export(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         """Copy the slice a standalone layer uses into it."""
-        c_out, c_in_used, k = conv.out_channels, conv.in_channels, conv.kernel_size[0]
-        w = self.weight[:c_out] if self.depthwise else self.weight[:c_out, :c_in_used]
+        c_out, k = conv.out_channels, conv.kernel_size[0]
         with torch.no_grad():
-            conv.weight.copy_(_centre(w, k))
+            conv.weight.copy_(self.weight[self.weight_index(c_out, conv.in_channels, k)])
             for name in ("weight", "bias", "running_mean", "running_var"):
                 getattr(bn, name).copy_(getattr(self.bn, name)[:c_out])
 
@@ -469,18 +523,20 @@ class UIBSupernet(nn.Module):
     Per block slot: a start depthwise, an expansion, a middle depthwise and a projection
     sized for the largest input width, expansion and kernel of the slot, plus a Fused-IB
     conv and projection. Smaller kernels are the centres of the largest, narrower layers
-    the first channels. ``forward(x, arch)`` runs the arch's path only, so a step costs
-    little more than training that path alone. :meth:`export` gives the standalone model
-    with the shared weights it used.
+    the first channels. ``forward(x, arch)`` runs the arch's path only, and
+    :meth:`optimizer` updates only the slices it used, so a step costs little more than
+    training that path alone. :meth:`export` gives the standalone model with the shared
+    weights it used.
     """
 
     def __init__(self, space: UIBSpace):
         super().__init__()
         self.space = space
         kmax = max(space.kernels)
+        self.pieces = Pieces()
         # Fixed parts keep their shapes, except that the suffix's first layer (and the
         # head) see the last stage's width: they are built for the largest one.
-        self.stem = SharedConv(space.in_channels, space.sk.stem[2], space.sk.stem[0])
+        self.stem = SharedConv(space.in_channels, space.sk.stem[2], space.sk.stem[0], self.pieces)
         self.prefix = nn.ModuleList()
         c = space.sk.stem[2]
         for spec in space.prefix:
@@ -494,12 +550,12 @@ class UIBSupernet(nn.Module):
                 c_in = c if b == 1 else wmax
                 mid = make_divisible(c_in * emax)
                 self.slots[f"s{s}_b{b}"] = nn.ModuleDict({
-                    "start_dw": SharedConv(c_in, c_in, kmax, depthwise=True),
-                    "expand": SharedConv(c_in, mid, 1),
-                    "mid_dw": SharedConv(mid, mid, kmax, depthwise=True),
-                    "proj": SharedConv(mid, wmax, 1),
-                    "fused": SharedConv(c_in, mid, kmax),
-                    "fused_proj": SharedConv(mid, wmax, 1),
+                    "start_dw": SharedConv(c_in, c_in, kmax, self.pieces, depthwise=True),
+                    "expand": SharedConv(c_in, mid, 1, self.pieces),
+                    "mid_dw": SharedConv(mid, mid, kmax, self.pieces, depthwise=True),
+                    "proj": SharedConv(mid, wmax, 1, self.pieces),
+                    "fused": SharedConv(c_in, mid, kmax, self.pieces),
+                    "fused_proj": SharedConv(mid, wmax, 1, self.pieces),
                 })
             c = wmax
         self.suffix = nn.ModuleList()
@@ -507,15 +563,16 @@ class UIBSupernet(nn.Module):
             self.suffix.append(self._block_weights(spec, c))
             c = spec[-1]
         feat = space.sk.feature
-        self.head_feat = SharedConv(c, feat, 1) if feat else None
+        self.head_feat = SharedConv(c, feat, 1, self.pieces) if feat else None
         self.classifier = nn.Linear(feat or c, space.num_classes)
 
     def _block_weights(self, spec: tuple, c_in: int) -> nn.ModuleDict:
         """Weights of a fixed block, exactly its shape."""
         if spec[0] == "conv":
-            return nn.ModuleDict({"conv": SharedConv(c_in, spec[3], spec[1])})
+            return nn.ModuleDict({"conv": SharedConv(c_in, spec[3], spec[1], self.pieces)})
         layers, _ = block_layers(spec, c_in, self.space.resolution, "fixed")
-        return nn.ModuleDict({role: SharedConv(op["c_in"], op["c_out"], op["k"], depthwise=op["groups"] > 1)
+        return nn.ModuleDict({role: SharedConv(op["c_in"], op["c_out"], op["k"], self.pieces,
+                                                    depthwise=op["groups"] > 1)
                               for role, op in zip(self._roles(spec), layers)})
 
     def _roles(self, spec: tuple) -> list[str]:
@@ -542,7 +599,12 @@ class UIBSupernet(nn.Module):
                 w = weights[name]
             yield w, named[name], layers, residual
 
+    def optimizer(self, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> SliceSGD:
+        """The optimizer for training this supernet: it updates the slices each step used."""
+        return SliceSGD(self.parameters(), self.pieces, lr, momentum, weight_decay)
+
     def forward(self, x, arch: Arch):
+        self.pieces.recording = self.training
         k, s, c = self.space.sk.stem
         x = self.stem(x, c, k, s, True)
         for w, spec, layers, residual in self._paths(arch):
@@ -555,7 +617,8 @@ class UIBSupernet(nn.Module):
         if self.head_feat is not None:
             x = self.head_feat(x, self.space.sk.feature, 1, 1, True)
         x = x.flatten(1)
-        return F.linear(x, self.classifier.weight[:, :x.shape[1]], self.classifier.bias)
+        weight = self.pieces.take(self.classifier.weight, (slice(None), slice(0, x.shape[1])))
+        return F.linear(x, weight, self.pieces.take(self.classifier.bias, (slice(None),)))
 
     def export(self, arch: Arch) -> nn.Module:
         """``space.build(arch)`` loaded with the weights this supernet runs ``arch`` with."""

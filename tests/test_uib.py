@@ -125,6 +125,30 @@ def test_supernet_path_equals_standalone_model_with_its_weights(skeleton, resolu
     assert torch.equal(conv[0].weight, slot.weight[:64, :, 2:5, 2:5])
 
 
+def test_supernet_training_step_equals_training_the_path_alone():
+    space = small_space()
+    torch.manual_seed(0)
+    supernet = space.supernet().train()
+    arch = space.sample(np.random.default_rng(5))
+    alone = supernet.export(arch).train()
+    shared_opt = supernet.optimizer(lr=0.1, momentum=0.9, weight_decay=1e-3)
+    alone_opt = torch.optim.SGD(alone.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    untouched = supernet.slots["s1_b1"]["fused"].weight.detach().clone()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):  # the second step exercises the momentum buffers
+        x, y = torch.randn(8, 3, 32, 32, generator=gen), torch.randint(10, (8,), generator=gen)
+        for model, opt, out in ((supernet, shared_opt, lambda: supernet(x, arch)), (alone, alone_opt, lambda: alone(x))):
+            opt.zero_grad()
+            nn.functional.cross_entropy(out(), y).backward()
+            opt.step()
+    after = supernet.export(arch).state_dict()
+    for name, value in alone.state_dict().items():
+        if not name.endswith("num_batches_tracked"):  # unused with a BatchNorm momentum
+            assert torch.allclose(after[name], value, atol=1e-5), name
+    if not arch["s1_b1_fused"]:  # weights the path did not use are left alone
+        assert torch.equal(supernet.slots["s1_b1"]["fused"].weight, untouched)
+
+
 def test_controller_reinforce_moves_toward_the_rewarded_choice():
     decision = nas.Decision("k", (3, 5, 7))
     controller = Controller([decision], lr=0.1)
