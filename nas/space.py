@@ -23,8 +23,10 @@ class Space(abc.ABC):
     trainable space takes ``resolution``, ``num_classes`` and ``in_channels``.
 
     Optional capabilities, which searchers ask for by name (see :meth:`require`):
-    ``presets`` (:meth:`_presets`), ``table`` (:meth:`benchmark_table`), and those later
-    plug-ins add (a weight-sharing supernet, per-layer candidates, relaxed parameters).
+    ``presets`` (:meth:`_presets`), ``table`` (:meth:`benchmark_table`), ``supernet`` (a
+    ``supernet()`` method returning a module with ``forward(x, arch)``, ``optimizer(lr,
+    momentum, weight_decay)`` and ``export(arch)``, as in ``spaces/uib.py``), and those
+    later plug-ins add (per-layer candidates, relaxed parameters).
     """
 
     name: str = ""  # set by the registry

@@ -137,9 +137,9 @@ def test_supernet_training_step_equals_training_the_path_alone():
     gen = torch.Generator().manual_seed(0)
     for _ in range(2):  # the second step exercises the momentum buffers
         x, y = torch.randn(8, 3, 32, 32, generator=gen), torch.randint(10, (8,), generator=gen)
-        for model, opt, out in ((supernet, shared_opt, lambda: supernet(x, arch)), (alone, alone_opt, lambda: alone(x))):
+        for opt, forward in ((shared_opt, lambda: supernet(x, arch)), (alone_opt, lambda: alone(x))):
             opt.zero_grad()
-            nn.functional.cross_entropy(out(), y).backward()
+            nn.functional.cross_entropy(forward(), y).backward()
             opt.step()
     after = supernet.export(arch).state_dict()
     for name, value in alone.state_dict().items():

@@ -78,15 +78,13 @@ class LUTFile:
         """Sum of the measured (isolated) latencies of ``ops``; KeyError if one is missing."""
         return float(sum(self.entries[op.key]["ms"] for op in ops))
 
-    def predict(self, ops) -> float:
-        return self.overhead_ms + self.scale * self.layer_sum(ops)
-
     @classmethod
     def new(cls, path, target: str, space, settings: HarnessSettings) -> "LUTFile":
         meta = {"target": target, "space": space.name, "space_config": space.config(),
                 "device": settings.device, "processor": device_name(settings.device),
                 "torch": torch.__version__, "threads": settings.threads, "batch": settings.batch,
-                "dtype": settings.dtype, "backend": settings.backend, "harness": settings.to_dict(), "created": _now(), "updated": _now()}
+                "dtype": settings.dtype, "backend": settings.backend, "harness": settings.to_dict(),
+                "created": _now(), "updated": _now()}
         return cls(path, meta, {})
 
     @classmethod
