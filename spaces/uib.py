@@ -97,6 +97,23 @@ def block_layers(block: tuple, c_in: int, res: int, name: str) -> tuple[list[OpS
     return layers, s == 1 and c_in == c
 
 
+def canonical_block(block: dict, stride: int) -> dict:
+    """The form a block slot's choices are built as: a Fused-IB ignores the start
+    depthwise and reads "no middle kernel" as 3; an FFN in a strided slot, having no
+    depthwise to carry the stride, is the IB with a 3x3 middle depthwise."""
+    if block.get("fused"):
+        return dict(block, start_dw=0, mid_dw=block["mid_dw"] or 3)
+    if stride > 1 and not block["start_dw"] and not block["mid_dw"]:
+        return dict(block, mid_dw=3)
+    return block
+
+
+def residual_add(layers: list[OpSpec], name: str) -> OpSpec:
+    """The OpSpec of the addition that closes a residual block."""
+    c, r, _ = layers[-1].out_shape()
+    return OpSpec.make("add", f"{name}.add", c_in=c, res=r)
+
+
 class Block(nn.Module):
     """Layers built from a block's OpSpecs, run in sequence, plus the residual."""
 
@@ -285,12 +302,8 @@ class UIBSpace(Space):
                 block = self.slot_block(arch, s, b)
                 if b > arch[f"s{s}_depth"]:
                     want = {k: v for k, v in DEFAULT_BLOCK.items() if k in block}
-                elif block.get("fused"):
-                    want = {"start_dw": 0, "mid_dw": block["mid_dw"] or 3}
-                elif b == 1 and stage.stride > 1 and not block["start_dw"] and not block["mid_dw"]:
-                    want = {"mid_dw": 3}
                 else:
-                    continue
+                    want = canonical_block(block, stage.stride if b == 1 else 1)
                 for field, value in want.items():
                     if block[field] != value:
                         changes[self.slot(s, b, field)] = value
@@ -335,8 +348,7 @@ class UIBSpace(Space):
         for name, layers, residual in self.layout(arch):
             out += layers
             if residual:
-                c, r, _ = layers[-1].out_shape()
-                out.append(OpSpec.make("add", f"{name}.add", c_in=c, res=r))
+                out.append(residual_add(layers, name))
         return out
 
     def build(self, arch):
@@ -389,10 +401,7 @@ class UIBSpace(Space):
                     contexts.append((width, None, 1))
                 for c_in, res, stride in contexts:
                     for block in choices:
-                        if block["fused"]:
-                            block = dict(block, start_dw=0, mid_dw=block["mid_dw"] or 3)
-                        elif stride > 1 and not block["start_dw"] and not block["mid_dw"]:
-                            block = dict(block, mid_dw=3)
+                        block = canonical_block(block, stride)
                         layers, residual = block_layers(self.block_spec(block, stride, width), c_in,
                                                         r_next if res is None else res, f"stage{s}")
                         self._collect(ops, layers, residual)
@@ -414,8 +423,7 @@ class UIBSpace(Space):
         for op in layers:
             ops.setdefault(op.key, op)
         if residual:
-            c, r, _ = layers[-1].out_shape()
-            add = OpSpec.make("add", "add", c_in=c, res=r)
+            add = residual_add(layers, "block")
             ops.setdefault(add.key, add)
 
     # ------------------------------------------------------------------ supernet
