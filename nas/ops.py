@@ -192,6 +192,15 @@ def activation(name: str | None) -> nn.Module:
         raise NASError(f"unknown activation {name!r}; known: {one_of(sorted(ACTIVATIONS))}") from None
 
 
+def make_divisible(v: float, divisor: int = 8) -> int:
+    """``v`` rounded to a multiple of ``divisor``, never more than 10% below it (the
+    channel rounding of MobileNets and EfficientNets)."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    if new < 0.9 * v:
+        new += divisor
+    return new
+
+
 def conv_out(res: int, k: int, stride: int, padding: int) -> int:
     return (res + 2 * padding - k) // stride + 1
 

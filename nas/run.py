@@ -256,7 +256,8 @@ def execute(cfg: dict):
     parts = make_components(cfg)
     searcher, evaluator, space, data = parts["searcher"], parts["evaluator"], parts["space"], parts["data"]
     cost_model, target = parts["cost_model"], cfg["target"]
-    searcher.check(space)  # before the run directory is made (run_search checks again for library callers)
+    if not cfg.get("arch"):  # arch=...: one evaluation, no searcher runs
+        searcher.check(space)  # before the run directory is made (run_search checks again for library callers)
     evaluator.bind(space, data)
 
     run_dir = Path(cfg["output_dir"]) / cfg["run_name"]
@@ -324,6 +325,8 @@ def execute(cfg: dict):
         b = result.best
         print(f"best: {evaluator.metric} {b.quality:.4f}, {target['name']} {b.cost:.6g} {cost_model.unit}, "
               f"trial {b.trial}: {b.arch.to_json()}")
+    for line in result.extras.get("report", []):  # the searcher's own summary
+        print(line)
     print(f"pareto front: {len(result.pareto)} architectures (result.json, pareto.png)")
     return result
 

@@ -25,8 +25,11 @@ class Space(abc.ABC):
     Optional capabilities, which searchers ask for by name (see :meth:`require`):
     ``presets`` (:meth:`_presets`), ``table`` (:meth:`benchmark_table`), ``supernet`` (a
     ``supernet()`` method returning a module with ``forward(x, arch)``, ``optimizer(lr,
-    momentum, weight_decay)`` and ``export(arch)``, as in ``spaces/uib.py``), and those
-    later plug-ins add (per-layer candidates, relaxed parameters).
+    momentum, weight_decay)`` and ``export(arch)``, as in ``spaces/uib.py``), ``relaxed``
+    (a ``relaxed(base=None, seed=0, **options)`` method returning a
+    :class:`nas.relax.Relaxation` over the decisions ``base`` does not fix; options a space
+    has no use for are ignored: ``alpha_init``, ``cost_sigma`` for activation relaxations,
+    ``tau`` for mixed operations), and those later plug-ins add (per-layer candidates).
     """
 
     name: str = ""  # set by the registry

@@ -23,6 +23,15 @@ def resolve_device(device: str) -> torch.device:
         raise NASError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'") from None
 
 
+def sample_batch(data: ImageDataset, pool: torch.Tensor, size: int, generator: torch.Generator, input_shape,
+                 device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` training examples drawn with replacement from the indices ``pool``, on
+    ``device`` in channels-last layout (what searchers that train supernets step on)."""
+    idx = pool[torch.randint(len(pool), (size,), generator=generator)]
+    x, y = data.batch(data.train, idx, input_shape)
+    return x.to(device, memory_format=torch.channels_last), y.to(device)
+
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 

@@ -19,7 +19,6 @@ priced by its cost model; with a measured LUT, its latency is also measured end 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -27,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from nas import Arch, NASError, Searcher, register_searcher
+from nas import NASError, Searcher, register_searcher
+from nas.lut import latency_report
+from nas.train import sample_batch
 
 
 class Controller:
@@ -154,7 +155,8 @@ class TuNAS(Searcher):
         evaluation = problem.evaluate(final)
         extras = {"target_cost": target, "target_from": target_from, "stages": stage_reports,
                   "cost_error": (evaluation.cost - target) / target}
-        extras.update(self._latency(problem, final))
+        if self.measure_latency:
+            extras.update(latency_report(problem, final))
         return problem.result(**extras)
 
     def _run_stage(self, stage_name, searched, held, supernet, problem, data, weight_idx, ctrl_idx, target, gen, rng,
@@ -182,7 +184,7 @@ class TuNAS(Searcher):
                 for name, i in largest.items():
                     if rng.random() < enable_all:
                         indices[name] = i
-            x, y = self._batch(data, weight_idx, self.batch_size, gen, space, device)
+            x, y = sample_batch(data, weight_idx, self.batch_size, gen, space.input_shape, device)
             supernet.train()
             loss = F.cross_entropy(supernet(x, arch_of(indices)), y)
             if not torch.isfinite(loss):
@@ -193,7 +195,7 @@ class TuNAS(Searcher):
             # controller step on another path and a separate batch
             indices = controller.sample(gen)
             arch = arch_of(indices)
-            x, y = self._batch(data, ctrl_idx, self.reward_batch_size, gen, space, device)
+            x, y = sample_batch(data, ctrl_idx, self.reward_batch_size, gen, space.input_shape, device)
             with torch.no_grad():
                 quality = (supernet(x, arch).argmax(1) == y).float().mean().item()
             cost = problem.cost(arch)
@@ -213,25 +215,3 @@ class TuNAS(Searcher):
                 "argmax_arch": dict(best), "argmax_cost": problem.cost(best), "final_probs": controller.probs(),
                 "mean_reward_last_10pct": float(np.mean(rewards[-max(1, self.steps // 10):])),
                 "trajectory": trajectory}
-
-    @staticmethod
-    def _batch(data, pool, size, gen, space, device):
-        idx = pool[torch.randint(len(pool), (size,), generator=gen)]
-        x, y = data.batch(data.train, idx, space.input_shape)
-        return x.to(device, memory_format=torch.channels_last), y.to(device)
-
-    def _latency(self, problem, arch: Arch) -> dict:
-        """Predicted and measured end-to-end latency of the result, when the cost model
-        is a measured LUT of this machine."""
-        from nas.lut import LUTCost, measure_models
-
-        cost_model = problem.cost_model
-        if not (self.measure_latency and isinstance(cost_model, LUTCost) and cost_model.lut.on_this_machine()):
-            return {}
-        # One model cannot be interleaved with others, so its rounds are spread over more
-        # time instead: the machine's speed drifts over seconds (see nas/latency.py).
-        settings = dataclasses.replace(cost_model.lut.settings, rounds=3 * cost_model.lut.settings.rounds)
-        timing = measure_models(problem.space, [arch], settings, progress=False)[0]
-        predicted = problem.cost(arch)
-        return {"lut_latency_ms": predicted, "measured_latency_ms": timing.ms,
-                "measured_latency_iqr_ms": timing.iqr_ms, "lut_error": (predicted - timing.ms) / timing.ms}

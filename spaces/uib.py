@@ -31,6 +31,7 @@ needs one entry per layer shape rather than one per block configuration.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -39,14 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas import Arch, Decision, NASError, OpSpec, Space, register_space
-from nas.ops import LayeredOpKind, activation, register_op_kind
-
-
-def make_divisible(v: float, divisor: int = 8) -> int:
-    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    if new < 0.9 * v:
-        new += divisor
-    return new
+from nas.ops import LayeredOpKind, activation, make_divisible, register_op_kind
+from nas.relax import Relaxation, gumbel_hard, ops_cost
 
 
 # ---------------------------------------------------------------------------- block specs
@@ -376,7 +371,7 @@ class UIBSpace(Space):
         return table
 
     def capabilities(self):
-        return super().capabilities() | {"supernet"}
+        return super().capabilities() | {"supernet", "relaxed"}
 
     # ------------------------------------------------------------------ LUT support
     def all_ops(self, samples=0, seed=0):
@@ -429,6 +424,11 @@ class UIBSpace(Space):
     # ------------------------------------------------------------------ supernet
     def supernet(self) -> "UIBSupernet":
         return UIBSupernet(self)
+
+    def relaxed(self, base: Arch | None = None, tau: float = 1.0, seed: int = 0, **_) -> "UIBRelaxation":
+        """Mixed operations over the ``fine`` decisions of ``base``'s blocks (default: the
+        space's default arch), its stage shapes held."""
+        return UIBRelaxation(self, self.validate(base) if base is not None else self.default_arch(), tau, seed)
 
 
 # ---------------------------------------------------------------------------- supernet
@@ -605,21 +605,26 @@ class UIBSupernet(nn.Module):
                 w = self.slots[f"s{s}_b{b}"]
             else:
                 w = weights[name]
-            yield w, named[name], layers, residual
+            yield name, w, named[name], layers, residual
 
     def optimizer(self, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> SliceSGD:
         """The optimizer for training this supernet: it updates the slices each step used."""
         return SliceSGD(self.parameters(), self.pieces, lr, momentum, weight_decay)
 
-    def forward(self, x, arch: Arch):
+    def forward(self, x, arch: Arch, gates: dict | None = None):
+        """Logits of ``arch``'s path. ``gates`` (block name -> scalar tensor) scale blocks'
+        outputs (their residual branch), how a mixed-op relaxation passes gradients to
+        the choices that made the path."""
         self.pieces.recording = self.training
         k, s, c = self.space.sk.stem
         x = self.stem(x, c, k, s, True)
-        for w, spec, layers, residual in self._paths(arch):
+        for name, w, spec, layers, residual in self._paths(arch):
             y = x
             for role, op in zip(self._roles(spec), layers):
                 p = op.p
                 y = w[role](y, p["c_out"], p["k"], p["stride"], p["act"] == "relu")
+            if gates and name in gates:
+                y = y * gates[name]
             x = x + y if residual else y
         x = x.mean((2, 3), keepdim=True)
         if self.head_feat is not None:
@@ -634,7 +639,7 @@ class UIBSupernet(nn.Module):
         model = self.space.build(arch)
         blocks = list(model)
         self.stem.export(blocks[0].layers[0][0], blocks[0].layers[0][1])
-        for module, (w, spec, layers, _) in zip(blocks[1:-1], self._paths(arch)):
+        for module, (_, w, spec, layers, _) in zip(blocks[1:-1], self._paths(arch)):
             for role, layer in zip(self._roles(spec), module.layers):
                 w[role].export(layer[0], layer[1])
         head = blocks[-1].layers[0]
@@ -644,3 +649,106 @@ class UIBSupernet(nn.Module):
             head[-1].weight.copy_(self.classifier.weight[:, :head[-1].in_features])
             head[-1].bias.copy_(self.classifier.bias)
         return model
+
+
+# ---------------------------------------------------------------------------- relaxation
+
+
+class UIBRelaxation(Relaxation):
+    """Mixed operations (GDAS, Dong & Yang 2019) over the ``fine`` decisions of the blocks
+    of ``base``, on the weight-sharing :class:`UIBSupernet`.
+
+    Per decision, logits over its options. A training forward pass draws one option per
+    decision with the Gumbel-max trick and runs that path only; each block's output is
+    scaled by the straight-through one-hot gates of its decisions (exactly 1 forward),
+    which carries the loss's gradient to the logits. Evaluation runs the argmax path. The
+    expected cost is exact under the independent distributions: per block, the cost of
+    every combination of its options times the product of their probabilities.
+    """
+
+    state_kind = "probs"
+
+    def __init__(self, space: UIBSpace, base: Arch, tau: float, seed: int):
+        super().__init__()
+        if not tau > 0:
+            raise NASError(f"uib relaxation tau must be > 0, got {tau}")
+        self.space, self.base, self.tau = space, base, tau
+        self.supernet = UIBSupernet(space)
+        self.fields = ("start_dw", "mid_dw", "expansion") + (("fused",) if space.fused else ())
+        self.blocks = {}  # block name -> (stage, index, decision names in the order of self.fields)
+        for s, stage in enumerate(space.stages, start=1):
+            for b in range(1, base[f"s{s}_depth"] + 1):
+                self.blocks[f"stage{s}.block{b}"] = (s, b, [space.slot(s, b, f) for f in self.fields])
+        self.logits = nn.ParameterDict({name: nn.Parameter(torch.zeros(len(space.decision(name).options)))
+                                        for _, _, names in self.blocks.values() for name in names})
+        self.generator = torch.Generator().manual_seed(seed)
+        self._costs = None
+
+    def arch_parameters(self):
+        return dict(self.logits.items())
+
+    def weight_parameters(self):
+        return list(self.supernet.parameters())
+
+    def weight_optimizer(self, lr, momentum=0.9, weight_decay=0.0):
+        return self.supernet.optimizer(lr, momentum, weight_decay)
+
+    def _values(self, indices: dict[str, int]) -> dict:
+        return {n: self.space.decision(n).options[i] for n, i in indices.items()}
+
+    def forward(self, x):
+        if not self.training:
+            return self.supernet(x, self.derive())
+        indices, hard = {}, {}
+        for name, logits in self.logits.items():
+            indices[name], hard[name] = gumbel_hard(logits, self.tau, self.generator)
+        values = self._values(indices)
+        arch = self.space.canonicalize(self.base.replace(**values))
+        gates = {}
+        for block, (_, _, names) in self.blocks.items():
+            # Only choices the built path honours get credit (a Fused-IB ignores the
+            # start depthwise, for one).
+            used = [hard[n][indices[n]] for n in names if arch[n] == values[n]]
+            if used:
+                gates[block] = torch.stack(used).prod()
+        return self.supernet(x, arch, gates)
+
+    def bind_cost(self, cost_model):
+        space, base = self.space, self.base
+        layout = {name: layers for name, layers, _ in space.layout(base)}
+        tables, chosen = [], 0.0
+        for block, (s, b, names) in self.blocks.items():
+            stage = space.stages[s - 1]
+            stride, width = stage.stride if b == 1 else 1, base[f"s{s}_width"]
+            c_in, res = layout[block][0]["c_in"], layout[block][0]["res"]
+            options = [space.decision(n).options for n in names]
+            costs = []
+            for combo in itertools.product(*options):
+                block_choice = canonical_block(dict(zip(self.fields, combo)), stride)
+                spec = space.block_spec(block_choice, stride, width)
+                layers, residual = block_layers(spec, c_in, res, block)
+                costs.append(ops_cost(cost_model, layers + ([residual_add(layers, block)] if residual else [])))
+            table = torch.tensor(costs, dtype=torch.float64).reshape([len(o) for o in options])
+            tables.append((names, table))
+            chosen += float(table[tuple(space.decision(n).index(base[n]) for n in names)])
+        fixed = cost_model.cost(space.ops(base)) - chosen
+        self._costs = (fixed, tables)
+
+    def expected_cost(self):
+        if self._costs is None:
+            raise NASError("call bind_cost(cost_model) before expected_cost()")
+        fixed, tables = self._costs
+        total = torch.tensor(fixed, dtype=torch.float64)
+        for names, table in tables:
+            expected = table
+            for name in reversed(names):  # contract the last axis with its probabilities
+                expected = expected @ F.softmax(self.logits[name], 0).double()
+            total = total + expected
+        return total.float()
+
+    def derive(self, **_):
+        values = self._values({n: int(v.detach().argmax()) for n, v in self.logits.items()})
+        return self.space.canonicalize(self.base.replace(**values))
+
+    def state(self):
+        return {n: F.softmax(v.detach(), 0).tolist() for n, v in self.logits.items()}

@@ -8,7 +8,8 @@ from torch import nn
 import nas
 from nas import NASError
 from searchers.tunas import Controller
-from spaces.uib import block_layers, make_divisible, parse_blocks
+from nas.ops import make_divisible
+from spaces.uib import block_layers, parse_blocks
 
 
 def small_space(**kw):

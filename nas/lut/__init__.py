@@ -19,6 +19,8 @@ conv-heavy cells and over-predicts light ones (see ``latency_luts/README.md``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import datetime
 import json
 import os
@@ -205,6 +207,21 @@ def measure_models(space, archs, settings: HarnessSettings, seed: int = 0, progr
     builders = {i: model_builder(space, arch) for i, arch in enumerate(archs)}
     timings = measure_interleaved(builders, settings, seed=seed, progress=progress, desc=desc)
     return [timings[i] for i in range(len(archs))]
+
+
+def latency_report(problem, arch) -> dict:
+    """LUT-predicted and measured end-to-end latency of a search's result, when the run's
+    cost model is a measured LUT of this machine (else nothing)."""
+    cost_model = problem.cost_model
+    if not (isinstance(cost_model, LUTCost) and cost_model.lut.on_this_machine()):
+        return {}
+    # One model cannot be interleaved with others, so its rounds are spread over more
+    # time instead: the machine's speed drifts over seconds (see nas/latency.py).
+    settings = dataclasses.replace(cost_model.lut.settings, rounds=3 * cost_model.lut.settings.rounds)
+    timing = measure_models(problem.space, [arch], settings, progress=False)[0]
+    predicted = problem.cost(arch)
+    return {"lut_latency_ms": predicted, "measured_latency_ms": timing.ms,
+            "measured_latency_iqr_ms": timing.iqr_ms, "lut_error": (predicted - timing.ms) / timing.ms}
 
 
 def build_lut(space, target: str, settings: HarnessSettings, lut_dir=None, samples: int = 2000,

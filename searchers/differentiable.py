@@ -1,0 +1,145 @@
+"""Differentiable search: weights and a relaxed architecture trained together.
+
+On a space with the ``relaxed`` capability (:mod:`nas.relax`), one network holds the
+searched decisions as continuous parameters. Every step trains weights and architecture
+parameters jointly on one batch, on
+
+    cross-entropy + penalty_weight * penalty + cost_weight * expected_cost / base_cost
+
+``penalty`` is the relaxation's structural term: for RAN-e's AFRB SuperNet problem (3)'s
+``sum((alpha - 1)^2)``, which pulls every unit towards the linear form that collapses. The
+cost term (``cost_weight > 0``, the cost-aware variant the RAN-e paper leaves open) is
+the relaxation's expected cost under the run's cost model (a LUT's latency, MACs, ...)
+relative to the base arch's, so the search also weighs what a choice costs on the target.
+
+The result is the Arch the relaxation stands for at the end (AFRB: units whose alpha is
+within ``band`` collapse, the others become IBNs with their first activation restored;
+mixed ops: the argmax), trained from scratch by the run's evaluator, with the trajectory
+of the architecture parameters, and the base arch's and the result's MACs and cost.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from nas import NASError, Searcher, register_searcher
+from nas.lut import latency_report
+from nas.train import resolve_device, sample_batch
+
+
+@register_searcher("differentiable")
+class Differentiable(Searcher):
+    requires = ("relaxed",)
+
+    def __init__(self, steps: int = 300, batch_size: int = 64, lr: float = 0.05, momentum: float = 0.9,
+                 weight_decay: float = 4e-5, arch_lr: float = 0.05, penalty_weight: float = 0.01,
+                 cost_weight: float = 0.0, band: list = (0.8, 1.3), alpha_init: float = 0.0,
+                 cost_sigma: float = 0.25, tau: float = 1.0, base: str | None = None, evaluate_base: bool = False,
+                 snapshots: int = 20, measure_latency: bool = True, device: str = "auto"):
+        if steps < 1 or batch_size < 2:
+            raise NASError(f"searcher.steps must be >= 1 and batch_size >= 2, got {steps}, {batch_size}")
+        if lr <= 0 or arch_lr <= 0:
+            raise NASError(f"searcher.lr and searcher.arch_lr must be > 0, got {lr}, {arch_lr}")
+        if penalty_weight < 0 or cost_weight < 0:
+            raise NASError(f"searcher.penalty_weight and cost_weight must be >= 0, got {penalty_weight}, {cost_weight}")
+        try:
+            lo, hi = (float(b) for b in band)
+        except (TypeError, ValueError):
+            raise NASError(f"searcher.band must be two numbers [low, high], got {band!r}") from None
+        if not lo <= 1 <= hi:
+            raise NASError(f"searcher.band must contain 1 (alpha = 1 is the linear unit), got {list(band)}")
+        if snapshots < 1:
+            raise NASError(f"searcher.snapshots must be >= 1, got {snapshots}")
+        self.steps, self.batch_size, self.lr, self.momentum = steps, batch_size, lr, momentum
+        self.weight_decay, self.arch_lr = weight_decay, arch_lr
+        self.penalty_weight, self.cost_weight, self.band = penalty_weight, cost_weight, (lo, hi)
+        self.relax_options = {"alpha_init": alpha_init, "cost_sigma": cost_sigma, "tau": tau}
+        self.base, self.evaluate_base, self.snapshots = base, evaluate_base, snapshots
+        self.measure_latency, self.device = measure_latency, device
+
+    def search(self, problem):
+        from nas.run import load_arch
+
+        space = problem.space
+        data = getattr(problem.evaluator, "data", None)
+        if data is None:
+            raise NASError(f"searcher 'differentiable' trains weights and needs a data set; evaluator "
+                           f"{problem.evaluator.name!r} has none (use evaluator=train)")
+        device = getattr(problem.evaluator, "device", None) if self.device == "auto" else None
+        device = device or resolve_device(self.device)
+        base = load_arch(self.base, space) if self.base else space.default_arch()
+        torch.manual_seed(problem.seed)
+        relaxation = space.relaxed(base, seed=problem.seed, **self.relax_options)
+        relaxation.bind_cost(problem.cost_model)
+        base_cost = problem.cost(base)
+        relaxation.to(device=device, memory_format=torch.channels_last)
+        weights = relaxation.weight_optimizer(self.lr, self.momentum, self.weight_decay)
+        arch_params = relaxation.arch_parameters()
+        arch_opt = torch.optim.Adam(arch_params.values(), lr=self.arch_lr)
+        gen = torch.Generator().manual_seed(problem.seed)
+        pool = torch.arange(len(data.train))
+        every = max(1, self.steps // self.snapshots)
+        trajectory = []
+        bar = tqdm(total=self.steps, desc="differentiable", unit="step", disable=not problem.show_progress,
+                   dynamic_ncols=True)
+        try:
+            for step in range(self.steps):
+                for group in weights.param_groups:  # cosine schedule
+                    group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * step / self.steps))
+                x, y = sample_batch(data, pool, self.batch_size, gen, space.input_shape, device)
+                relaxation.train()
+                task = F.cross_entropy(relaxation(x), y)
+                penalty = relaxation.penalty()
+                expected = relaxation.expected_cost()
+                loss = task + self.penalty_weight * penalty
+                if self.cost_weight:
+                    loss = loss + self.cost_weight * expected / base_cost
+                if not torch.isfinite(loss):
+                    raise NASError(f"differentiable search diverged at step {step} (loss {loss.item()}); lower "
+                                   "searcher.lr or searcher.arch_lr")
+                weights.zero_grad(set_to_none=True)
+                arch_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                weights.step()
+                arch_opt.step()
+                if step % every == 0 or step == self.steps - 1:
+                    trajectory.append({"step": step, "loss": task.item(), "penalty": penalty.item(),
+                                       "expected_cost": float(expected.detach()), relaxation.state_kind: relaxation.state()})
+                bar.update(1)
+                bar.set_postfix(loss=f"{task.item():.3f}", cost=f"{float(expected.detach()):.4g}", refresh=False)
+        finally:
+            bar.close()
+        arch = relaxation.derive(band=self.band)
+        if self.evaluate_base:
+            problem.evaluate(base)
+        evaluation = problem.evaluate(arch)
+
+        def describe(a):
+            ops = space.ops(a)
+            return {"arch": dict(a), "macs": sum(op.macs() for op in ops), "cost": problem.cost(a),
+                    **relaxation.summary(a)}
+
+        before, after = describe(base), describe(arch)
+        extras = {"relaxation": relaxation.state_kind, "final": relaxation.state(), "trajectory": trajectory,
+                  "band": list(self.band), "before": before, "after": after}
+        if self.measure_latency:
+            extras.update(latency_report(problem, arch))
+        unit = problem.cost_model.unit
+        lines = []
+        if "collapsed" in after:
+            lines.append(f"collapsed: {after['collapsed']} of {after['units']} units "
+                         f"(base: {before['collapsed']})")
+        lines.append(f"MACs: {before['macs'] / 1e6:.3f}M -> {after['macs'] / 1e6:.3f}M "
+                     f"({after['macs'] / before['macs'] - 1:+.1%})")
+        lines.append(f"{problem.cost_model.name}: {before['cost']:.4g} -> {after['cost']:.4g} {unit} "
+                     f"({after['cost'] / before['cost'] - 1:+.1%})")
+        if "measured_latency_ms" in extras:
+            lines.append(f"measured latency of the result: {extras['measured_latency_ms']:.4g} ms "
+                         f"(LUT error {extras['lut_error']:+.1%})")
+        lines.append(f"{problem.evaluator.metric} of the result, trained from scratch: {evaluation.quality:.4f}")
+        extras["report"] = lines
+        return problem.result(**extras)
