@@ -44,3 +44,34 @@ def plot_pareto(result: SearchResult, path, cost_label: str, quality_label: str,
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_trajectory(trajectory: list[dict], path, title: str = "") -> Path | None:
+    """How a differentiable search's architecture parameters moved: each alpha, or each
+    decision's probability of the option it ended on, against the step. None when the
+    trajectory holds neither."""
+    if not trajectory or not ({"alpha", "probs"} & set(trajectory[0])):
+        return None
+    kind = "alpha" if "alpha" in trajectory[0] else "probs"
+    steps = [t["step"] for t in trajectory]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for name in trajectory[0][kind]:
+        if kind == "alpha":
+            values = [t[kind][name] for t in trajectory]
+        else:
+            final = max(range(len(trajectory[-1][kind][name])), key=trajectory[-1][kind][name].__getitem__)
+            values = [t[kind][name][final] for t in trajectory]
+        ax.plot(steps, values, lw=1, alpha=0.8)
+    if kind == "alpha":
+        ax.axhline(1.0, c="k", lw=0.8, ls="--")
+    ax.set_xlabel("step")
+    ax.set_ylabel("alpha per unit (1: linear, collapses)" if kind == "alpha"
+                  else "probability of the final option, per decision")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -250,7 +250,7 @@ def make_components(cfg: dict, need=("searcher", "evaluator", "space", "cost_mod
 def execute(cfg: dict):
     """Run one search from a resolved config dict; write the run directory; return the result."""
     from nas.ledger import Ledger
-    from nas.plot import plot_pareto
+    from nas.plot import plot_pareto, plot_trajectory
     from nas.search import SearchProblem, run_search
 
     parts = make_components(cfg)
@@ -316,6 +316,8 @@ def execute(cfg: dict):
         (run_dir / "arch.json").write_text(result.best.arch.to_json(space=space.name, indent=2))
     plot_pareto(result, run_dir / "pareto.png", f"{target['name']} ({cost_model.unit})", evaluator.metric,
                 f"{space.name} / {searcher.name} / {cfg['run_name']}")
+    plot_trajectory(result.extras.get("trajectory", []), run_dir / "trajectory.png",
+                    f"{space.name} / {searcher.name} / {cfg['run_name']}")
 
     print(f"run directory: {run_dir}")
     print(f"evaluations: {result.n_evals} ({result.extras.get('reused_from_ledger', 0)} read back from the ledger)")

@@ -71,7 +71,10 @@ class Differentiable(Searcher):
                            f"{problem.evaluator.name!r} has none (use evaluator=train)")
         device = getattr(problem.evaluator, "device", None) if self.device == "auto" else None
         device = device or resolve_device(self.device)
-        base = load_arch(self.base, space) if self.base else space.default_arch()
+        try:
+            base = load_arch(self.base, space) if self.base else space.default_arch()
+        except NASError as exc:
+            raise NASError(f"searcher.base: {exc}") from None
         torch.manual_seed(problem.seed)
         relaxation = space.relaxed(base, seed=problem.seed, **self.relax_options)
         relaxation.bind_cost(problem.cost_model)

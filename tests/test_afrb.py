@@ -274,6 +274,7 @@ def test_cli_differentiable_search_reports_collapse_and_one_preset_evaluates(tmp
     result = json.loads((tmp_path / "runs" / "d" / "result.json").read_text())
     assert result["searcher"] == "differentiable" and len(result["trajectory"]) == 4
     assert result["before"]["collapsed"] == 0 and result["after"]["units"] == 17
+    assert (tmp_path / "runs" / "d" / "trajectory.png").stat().st_size > 0
     # arch=... evaluates a preset without the searcher having to suit the space
     out = run_cli(small + ["arch=ground_truth", "run_name=gt"], tmp_path, cli_env)
     assert out.returncode == 0, out.stderr
