@@ -150,6 +150,65 @@ class LayeredOpKind(OpKind):
         return sum(row[3] for row in self._layers(p))
 
 
+class TracedOpKind(OpKind):
+    """A composite op (a whole block with attention, squeeze-excite, parallel branches)
+    counted by tracing the module it builds on the ``meta`` device: MACs by
+    ``torch.utils.flop_counter``, parameters by ``numel``, non-linear units and memory by
+    forward hooks. The counts are those of the real module by construction, without
+    allocating or computing anything, and are cached per OpSpec."""
+
+    _counts: dict = {}
+
+    def _traced(self, p: dict) -> tuple[int, int, int, int]:
+        key = (type(self).__name__, tuple(sorted(p.items())))
+        if key not in TracedOpKind._counts:
+            TracedOpKind._counts[key] = trace_counts(self.build, self.in_shape(**p), p)
+        return TracedOpKind._counts[key]
+
+    def macs(self, **p):
+        return self._traced(p)[0]
+
+    def params(self, **p):
+        return self._traced(p)[1]
+
+    def nonlinear(self, **p):
+        return self._traced(p)[2]
+
+    def memory_elements(self, **p):
+        return self._traced(p)[3]
+
+
+def trace_counts(build: Callable, in_shape: tuple, p: dict) -> tuple[int, int, int, int]:
+    """(MACs, parameters, non-linear units, memory elements) of ``build(**p)`` run on one
+    input of ``in_shape``, all on the meta device. Memory: inputs, outputs and own
+    parameters of every leaf module."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        module = build(**p)
+    module.eval()
+    units, memory = [], []
+
+    def count_units(mod, inp, out):
+        units.append(out.numel())
+
+    def count_memory(mod, inp, out):
+        own = sum(t.numel() for t in mod.parameters(recurse=False))
+        memory.append(sum(t.numel() for t in inp if isinstance(t, torch.Tensor)) + out.numel() + own)
+
+    hooks = [m.register_forward_hook(count_units) for m in module.modules() if isinstance(m, NONLINEAR_MODULES)]
+    hooks += [m.register_forward_hook(count_memory) for m in module.modules() if not list(m.children())]
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            module(torch.empty(1, *in_shape, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return (counter.get_total_flops() // 2, sum(t.numel() for t in module.parameters()), sum(units), sum(memory))
+
+
 OP_KINDS: dict[str, OpKind] = {}
 
 

@@ -10,7 +10,6 @@ stderr and exit code 2; nothing already in the ledger is lost.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -182,14 +181,6 @@ def _same_evaluations(old: dict, new: dict) -> list[str]:
     return diffs
 
 
-def _save_atomic(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def load_arch(value: str, space):
     """An Arch from a preset name of ``space`` or a JSON file (``arch.json`` of a run)."""
     from nas.arch import Arch
@@ -281,11 +272,13 @@ def execute(cfg: dict):
             return
         if best_before is None or evaluation.quality > best_before.quality or (
                 evaluation.quality == best_before.quality and evaluation.cost < best_before.cost):
-            _save_atomic({"space": space.name, "space_config": space.config(), "arch": dict(evaluation.arch),
+            from nas.train import save_atomic
+
+            save_atomic({"space": space.name, "space_config": space.config(), "arch": dict(evaluation.arch),
                           "arch_key": evaluation.arch.key(), "state_dict": model.state_dict()}, model_path)
 
     problem = SearchProblem(space, cost_model, evaluator, ledger, cfg.get("budget"), cfg["seed"],
-                            bool(cfg.get("progress", True)), save_best_model)
+                            bool(cfg.get("progress", True)), save_best_model, run_dir)
     if n_before:
         print(f"resuming run {cfg['run_name']!r}: {n_before} evaluations in its ledger", file=sys.stderr)
     if cfg.get("arch"):

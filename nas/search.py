@@ -72,7 +72,7 @@ class SearchProblem:
 
     def __init__(self, space: Space, cost_model: CostModel, evaluator: Evaluator, ledger: Ledger | None = None,
                  budget: float | None = None, seed: int = 0, progress: bool = True,
-                 on_evaluation: Callable | None = None):
+                 on_evaluation: Callable | None = None, work_dir=None):
         self.space = space
         self.cost_model = cost_model
         self.evaluator = evaluator
@@ -81,6 +81,8 @@ class SearchProblem:
         self.seed = seed
         self.show_progress = progress
         self.on_evaluation = on_evaluation
+        #: where searchers keep checkpoints (the run directory from the CLI; None: no checkpoints)
+        self.work_dir = work_dir
         self.history: list[Evaluation] = []
         self._by_key: dict[str, Evaluation] = {}
         self.n_reused = 0
@@ -122,8 +124,11 @@ class SearchProblem:
         """The evaluation of ``arch`` in this search so far, if any."""
         return self._by_key.get(self.space.canonicalize(arch).key())
 
-    def evaluate(self, arch) -> Evaluation:
-        """Cost and quality of ``arch``, recorded in the ledger (or read back from it)."""
+    def evaluate(self, arch, scorer: Callable | None = None) -> Evaluation:
+        """Cost and quality of ``arch``, recorded in the ledger (or read back from it).
+
+        ``scorer(space, arch) -> Score`` replaces the evaluator for this arch (a searcher
+        whose candidates inherit trained weights, as HANT's do, scores them itself)."""
         arch = self.space.validate(arch)
         key = arch.key()
         if key in self._by_key:
@@ -136,7 +141,7 @@ class SearchProblem:
         cost = self.cost_model.cost(ops)
         trial_id = self.ledger.start(arch)
         try:
-            score = self.evaluator.evaluate(self.space, arch)
+            score = (scorer or self.evaluator.evaluate)(self.space, arch)
         except Exception as exc:
             self.ledger.fail(trial_id, f"{type(exc).__name__}: {exc}")
             raise

@@ -29,7 +29,9 @@ class Space(abc.ABC):
     (a ``relaxed(base=None, seed=0, **options)`` method returning a
     :class:`nas.relax.Relaxation` over the decisions ``base`` does not fix; options a space
     has no use for are ignored: ``alpha_init``, ``cost_sigma`` for activation relaxations,
-    ``tau`` for mixed operations), and those later plug-ins add (per-layer candidates).
+    ``tau`` for mixed operations), ``layerwise`` (a teacher network whose layers each have
+    candidate replacements, as in ``spaces/hant.py``; the methods it needs are listed in
+    :mod:`nas.layerwise`).
     """
 
     name: str = ""  # set by the registry

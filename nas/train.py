@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,6 +32,13 @@ def sample_batch(data: ImageDataset, pool: torch.Tensor, size: int, generator: t
     idx = pool[torch.randint(len(pool), (size,), generator=generator)]
     x, y = data.batch(data.train, idx, input_shape)
     return x.to(device, memory_format=torch.channels_last), y.to(device)
+
+
+def save_atomic(obj, path: Path) -> None:
+    """``torch.save`` through a temporary file, so a kill never leaves a torn checkpoint."""
+    tmp = Path(path).with_suffix(Path(path).suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -88,9 +97,14 @@ def recalibrate_batchnorm(model: nn.Module, data: ImageDataset, input_shape, bat
 
 
 def train(model: nn.Module, data: ImageDataset, input_shape, epochs: int, batch_size: int, optimizer: str,
-          lr: float, momentum: float, weight_decay: float, seed: int, device: torch.device) -> dict:
+          lr: float, momentum: float, weight_decay: float, seed: int, device: torch.device,
+          teacher: nn.Module | None = None, distill_weight: float = 0.0, temperature: float = 1.0) -> dict:
     """Train ``model`` on ``data.train`` with a cosine learning-rate schedule; report
-    validation accuracy and loss. Deterministic for a given seed on one device."""
+    validation accuracy and loss. Deterministic for a given seed on one device.
+
+    With a ``teacher``, the loss adds ``distill_weight`` times the KL divergence from the
+    teacher's to the model's class distribution at ``temperature`` (times its square, as
+    in Hinton et al.): fine-tuning with distillation."""
     if epochs < 0 or batch_size < 1:
         raise NASError(f"training needs epochs >= 0 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}")
     # channels_last: depthwise convolutions train several times faster on CPU in this layout
@@ -99,6 +113,8 @@ def train(model: nn.Module, data: ImageDataset, input_shape, epochs: int, batch_
     n = len(data.train)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     total = max(1, epochs * steps_per_epoch)
+    if teacher is not None:
+        teacher.to(device=device, memory_format=torch.channels_last).eval()
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
@@ -112,7 +128,14 @@ def train(model: nn.Module, data: ImageDataset, input_shape, epochs: int, batch_
                 continue
             x, y = data.batch(data.train, idx, input_shape)
             x, y = x.to(device, memory_format=torch.channels_last), y.to(device)
-            loss = nn.functional.cross_entropy(model(x), y)
+            out = model(x)
+            loss = nn.functional.cross_entropy(out, y)
+            if teacher is not None and distill_weight:
+                with torch.no_grad():
+                    soft = nn.functional.softmax(teacher(x) / temperature, dim=1)
+                kl = nn.functional.kl_div(nn.functional.log_softmax(out / temperature, dim=1), soft,
+                                          reduction="batchmean")
+                loss = loss + distill_weight * temperature ** 2 * kl
             if not torch.isfinite(loss):
                 raise NASError(f"training diverged: loss is {loss.item()} at epoch {epoch}, step {s}; "
                                "lower evaluator.lr")

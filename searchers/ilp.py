@@ -27,16 +27,18 @@ the one its stopping rule guarantees.
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pulp
 import scipy.optimize
 import scipy.sparse
 
-from nas import NASError
+from nas import NASError, Score, Searcher, register_searcher
 
 SOLVERS = ("auto", "cbc", "highs")
 
@@ -243,3 +245,218 @@ def select_ops(scores, costs, budget: float, k: int = 1, overlap: int | None = N
         if on_solution is not None:
             on_solution(selection)
     return out
+
+
+# --------------------------------------------------------------------------- the searcher
+
+
+@register_searcher("ilp")
+class ILPSearch(Searcher):
+    """HANT on any ``layerwise`` space (:mod:`nas.layerwise`):
+
+    1. the teacher: weights from ``teacher_weights`` (a run's ``model.pt`` of the teacher
+       arch), else trained here for ``teacher_epochs`` with the evaluator's settings;
+    2. candidates: with ``prefilter`` only those no costlier than the teacher's layer (the
+       paper's pool prefiltering); with ``zero_shot`` only the teacher's layers and
+       parameter-free identities, and no pretraining; otherwise all candidates pretrained
+       by layer-wise distillation (:func:`nas.layerwise.distill`, checkpointed in the run
+       directory, resumed on a re-run);
+    3. scores: the change of the teacher's loss on ``held_out`` training examples (kept
+       out of every training) when one layer is swapped;
+    4. ``k`` diverse selections by :func:`select_ops` under the budget (the run's
+       ``budget``, else ``budget_ratio`` times the teacher's cost, which then becomes the
+       run's budget);
+    5. each selection with its pretrained ops ranked by its loss on the held-out examples;
+       the best fine-tuned for ``finetune_epochs`` with distillation from the teacher, and
+       recorded (with the teacher) in the ledger with its validation accuracy.
+    """
+
+    requires = ("layerwise",)
+
+    def __init__(self, k: int = 10, overlap: int | None = None, solver: str = "auto", gap: float = 1e-3,
+                 budget_ratio: float = 0.6, zero_shot: bool = False, prefilter: bool = True,
+                 teacher_weights: str | None = None, teacher_epochs: int = 4, pretrain_epochs: int = 1,
+                 pretrain_batches: int | None = None, pretrain_lr: float = 2e-3, batch_size: int = 64,
+                 held_out: int = 512, checkpoint_every: int = 20, finetune_epochs: int = 2,
+                 distill_weight: float = 1.0, temperature: float = 1.0, measure_latency: bool = True,
+                 device: str = "auto"):
+        if k < 1:
+            raise NASError(f"searcher.k must be >= 1, got {k}")
+        if solver not in SOLVERS:
+            raise NASError(f"unknown searcher.solver {solver!r}; accepted: {', '.join(map(repr, SOLVERS))}")
+        if not 0 <= gap < 1:
+            raise NASError(f"searcher.gap must be in [0, 1), got {gap}")
+        if not 0 < budget_ratio:
+            raise NASError(f"searcher.budget_ratio must be > 0, got {budget_ratio}")
+        for field, value in (("teacher_epochs", teacher_epochs), ("finetune_epochs", finetune_epochs)):
+            if value < 0:
+                raise NASError(f"searcher.{field} must be >= 0, got {value}")
+        if pretrain_epochs < 1 or batch_size < 2 or pretrain_lr <= 0 or checkpoint_every < 1:
+            raise NASError("searcher.pretrain_epochs, batch_size, pretrain_lr and checkpoint_every must be positive "
+                           f"(batch_size >= 2), got {pretrain_epochs}, {batch_size}, {pretrain_lr}, {checkpoint_every}")
+        if pretrain_batches is not None and pretrain_batches < 1:
+            raise NASError(f"searcher.pretrain_batches must be >= 1 or null, got {pretrain_batches}")
+        self.k, self.overlap, self.solver, self.gap, self.budget_ratio = k, overlap, solver, gap, budget_ratio
+        self.zero_shot, self.prefilter, self.teacher_weights = zero_shot, prefilter, teacher_weights
+        self.teacher_epochs, self.pretrain_epochs, self.pretrain_batches = teacher_epochs, pretrain_epochs, pretrain_batches
+        self.pretrain_lr, self.batch_size, self.held_out = pretrain_lr, batch_size, held_out
+        self.checkpoint_every, self.finetune_epochs = checkpoint_every, finetune_epochs
+        self.distill_weight, self.temperature = distill_weight, temperature
+        self.measure_latency, self.device = measure_latency, device
+
+    # ------------------------------------------------------------------ steps
+    def _teacher(self, problem, net, data, device, work: Path | None) -> str:
+        import torch
+
+        from nas.train import save_atomic, train
+
+        path = Path(self.teacher_weights).expanduser() if self.teacher_weights else None
+        if path is None and work is not None and (work / "teacher.pt").exists():
+            path = work / "teacher.pt"
+        if path is not None:
+            if not path.is_file():
+                raise NASError(f"searcher.teacher_weights {str(path)!r} does not exist")
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            state = saved.get("state_dict", saved) if isinstance(saved, dict) else saved
+            try:
+                net.teacher.load_state_dict(state)
+            except RuntimeError as exc:
+                raise NASError(f"searcher.teacher_weights {str(path)!r} does not fit the teacher of space "
+                               f"{problem.space.name!r}: {str(exc).splitlines()[0]}") from None
+            return str(path)
+        ev = problem.evaluator
+        train(net.teacher, data, problem.space.input_shape, self.teacher_epochs, ev.batch_size, ev.optimizer, ev.lr,
+              ev.momentum, ev.weight_decay, problem.seed, device)
+        if work is not None:
+            save_atomic({"state_dict": net.teacher.state_dict()}, work / "teacher.pt")
+        return f"trained here for {self.teacher_epochs} epochs"
+
+    def _options(self, space, cost_model) -> tuple[list[list], list[np.ndarray]]:
+        """Per layer the candidates searched and their costs."""
+        options, costs = [], []
+        for i, d in enumerate(space.layer_decisions()):
+            teacher_cost = sum(cost_model.op_cost(op) for op in space.layer_ops(i, space.reference_option))
+            opts, layer_costs = [], []
+            for option in d.options:
+                if self.zero_shot and not space.parameter_free(i, option):
+                    continue
+                c = sum(cost_model.op_cost(op) for op in space.layer_ops(i, option))
+                if self.prefilter and not self.zero_shot and c > teacher_cost and option != space.reference_option:
+                    continue
+                opts.append(option)
+                layer_costs.append(c)
+            options.append(opts)
+            costs.append(np.array(layer_costs))
+        return options, costs
+
+    def search(self, problem):
+        import torch
+
+        from nas.layerwise import LayerwiseNet, distill, hold_out, loss_and_accuracy, loss_changes
+        from nas.lut import latency_report
+        from nas.train import accuracy, resolve_device, train
+
+        space, cost_model = problem.space, problem.cost_model
+        data = getattr(problem.evaluator, "data", None)
+        if data is None or not hasattr(problem.evaluator, "batch_size"):
+            raise NASError(f"searcher 'ilp' trains the teacher and its candidates and needs a data set; evaluator "
+                           f"{problem.evaluator.name!r} has none (use evaluator=train)")
+        device = getattr(problem.evaluator, "device", None) if self.device == "auto" else None
+        device = device or resolve_device(self.device)
+        work = Path(problem.work_dir) / "hant" if problem.work_dir is not None else None
+        if work is not None:
+            work.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(problem.seed)
+        net = LayerwiseNet(space)
+        train_data, held = hold_out(data, self.held_out, problem.seed)
+        shape = space.input_shape
+        xh, yh = train_data.batch(held, slice(None), shape)
+        xh = xh.to(device, memory_format=torch.channels_last)
+        yh = yh.to(device)
+
+        # 1. teacher
+        teacher_source = self._teacher(problem, net, train_data, device, work)
+        net.to(device=device, memory_format=torch.channels_last)
+        teacher_arch = space.validate({d.name: space.reference_option for d in space.decisions()})
+        teacher_cost = problem.cost(teacher_arch)
+        if problem.budget is None:
+            # The budget this search works to; the ledger judges feasibility by it, so the
+            # result (and model.pt) is the accelerated network, not the teacher.
+            problem.budget = self.budget_ratio * teacher_cost
+        budget = problem.budget
+        teacher_acc, _ = accuracy(net.teacher, data, data.val, shape, 512, device)
+        teacher_model = copy.deepcopy(net.teacher).cpu()
+        problem.evaluate(teacher_arch, lambda s, a: Score(teacher_acc, {"accuracy": teacher_acc}, teacher_model))
+
+        # 2. candidates and their costs
+        options, costs = self._options(space, cost_model)
+        fixed = cost_model.cost(space.fixed_ops())
+        cheapest = fixed + sum(float(c.min()) for c in costs)
+        if budget < cheapest - 1e-12:
+            restricted = " with zero_shot (teacher and parameter-free identity ops only)" if self.zero_shot else ""
+            raise NASError(f"budget {budget:g} {cost_model.unit} is infeasible{restricted}: the smallest achievable "
+                           f"cost is {cheapest:g} {cost_model.unit}")
+        n_candidates = sum(len(o) for o in options)
+        if not self.zero_shot:
+            distill(net, options, train_data, shape, self.pretrain_epochs, self.batch_size, self.pretrain_lr,
+                    problem.seed, device, self.pretrain_batches, work / "candidates.pt" if work else None,
+                    self.checkpoint_every, problem.show_progress)
+        else:
+            net.add_candidates(options)
+
+        # 3. scores
+        base_loss, scores = loss_changes(net, options, xh, yh)
+
+        # 4. K diverse selections
+        selections = select_ops(scores, costs, budget - fixed, self.k, self.overlap, self.solver, self.gap)
+        if not selections:
+            raise NASError("the ILP found no selection within the budget")
+        decisions = space.layer_decisions()
+
+        def to_arch(sel):
+            values = {d.name: options[i][j] for i, (d, j) in enumerate(zip(decisions, sel.choice))}
+            return space.validate(space.default_arch().replace(**values))
+
+        # 5. rank with pretrained ops, fine-tune the best with distillation
+        candidates = []
+        for rank, sel in enumerate(selections):
+            arch = to_arch(sel)
+            loss, acc = loss_and_accuracy(net, xh, yh, arch=arch)
+            candidates.append({"solution": rank + 1, "arch": dict(arch), "objective": sel.objective,
+                               "proven_gap": sel.gap, "cost": fixed + sel.cost, "held_out_loss": loss,
+                               "held_out_accuracy": acc})
+        best_i = min(range(len(candidates)), key=lambda i: (candidates[i]["held_out_loss"], i))
+        best_arch = to_arch(selections[best_i])
+
+        def fine_tune(s, arch):
+            model = net.extract(arch)
+            metrics = train(model, train_data, shape, self.finetune_epochs, problem.evaluator.batch_size,
+                            problem.evaluator.optimizer, problem.evaluator.lr, problem.evaluator.momentum,
+                            problem.evaluator.weight_decay, problem.seed, device, teacher=net.teacher,
+                            distill_weight=self.distill_weight, temperature=self.temperature)
+            metrics["held_out_accuracy_before_finetuning"] = candidates[best_i]["held_out_accuracy"]
+            return Score(metrics["accuracy"], metrics, model.cpu())
+
+        found = problem.evaluate(best_arch, fine_tune)
+        extras = {"teacher": {"accuracy": teacher_acc, "cost": teacher_cost, "weights": teacher_source},
+                  "budget_used": budget, "candidates_searched": n_candidates, "teacher_loss": base_loss,
+                  "selections": candidates, "chosen_solution": best_i + 1}
+        lines = [f"teacher ({teacher_source}): {problem.evaluator.metric} {teacher_acc:.4f}, "
+                 f"{cost_model.name} {teacher_cost:.4g} {cost_model.unit}",
+                 f"candidates: {n_candidates} of {sum(len(d.options) for d in decisions)}"
+                 + (" (zero-shot: teacher and identity)" if self.zero_shot else
+                    " (prefiltered: no costlier than the teacher's layer)" if self.prefilter else ""),
+                 f"ILP: {len(selections)} selections under {budget:.4g} {cost_model.unit}, largest proven gap "
+                 f"{max(s.gap for s in selections):.3%}, {sum(s.seconds for s in selections):.2f} s; "
+                 f"solution {best_i + 1} has the lowest held-out loss ({candidates[best_i]['held_out_loss']:.4f})",
+                 f"found: {problem.evaluator.metric} {found.quality:.4f} after fine-tuning with distillation, "
+                 f"{cost_model.name} {found.cost:.4g} {cost_model.unit} ({found.cost / teacher_cost:.0%} of the teacher)"]
+        if self.measure_latency:
+            for who, arch in (("teacher", teacher_arch), ("found", best_arch)):
+                report = latency_report(problem, arch)
+                if "measured_latency_ms" in report:
+                    extras[f"{who}_latency"] = report
+                    lines.append(f"measured latency of the {who}: {report['measured_latency_ms']:.4g} ms "
+                                 f"(LUT error {report['lut_error']:+.1%})")
+        extras["report"] = lines
+        return problem.result(**extras)

@@ -259,13 +259,18 @@ def build_lut(space, target: str, settings: HarnessSettings, lut_dir=None, sampl
 def fit_calibration(layer_sums, measured) -> tuple[float, float]:
     """(overhead ms, scale) minimising the squared *relative* error of
     ``overhead + scale * layer_sum`` against ``measured`` (relative, because a LUT is
-    judged by the share of models within ±10%). With fewer than 3 models, or a fit
+    judged by the share of models within ±10%). The overhead is kept >= 0 (a negative
+    one would predict a negative latency for a model of cheap enough layers): when the
+    free fit's is negative, the scale alone is fitted. With fewer than 3 models, or a fit
     that is not physical (scale <= 0), the scale stays 1 and the overhead is the median
     of measured - summed."""
     sums, meas = np.asarray(layer_sums, float), np.asarray(measured, float)
     if len(meas) >= 3 and np.ptp(sums) > 0:
         design = np.c_[np.ones_like(sums), sums] / meas[:, None]
         overhead, scale = np.linalg.lstsq(design, np.ones_like(meas), rcond=None)[0]
+        if overhead < 0:
+            ratio = sums / meas
+            overhead, scale = 0.0, float(ratio.sum() / (ratio ** 2).sum())
         if scale > 0:
             return float(overhead), float(scale)
     return float(np.median(meas - sums)), 1.0

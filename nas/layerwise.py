@@ -1,0 +1,235 @@
+"""Layer-wise spaces (capability ``layerwise``): a teacher network whose layers each have
+candidate replacements, and HANT's pretraining and scoring of those candidates.
+
+A space offers ``layerwise`` with:
+
+- ``layer_decisions()``: one Decision per replaceable layer, its options the candidates;
+- ``reference_option``: the option that keeps the teacher's own layer;
+- ``teacher_chain()``: the teacher as ``(prefix, layers, suffix)`` lists of OpSpecs that
+  run one after the other (its model is ``build_sequential`` of all three, so the
+  ``model.pt`` of a run that trained the teacher loads into it);
+- ``layer_ops(layer, option)``: the OpSpecs of a candidate (what cost models price);
+- ``fixed_ops()``: the OpSpecs outside the layers;
+- ``parameter_free(layer, option)``: whether a candidate needs no training (zero-shot).
+
+:class:`LayerwiseNet` holds the teacher and the candidate modules; :func:`distill` trains
+every candidate of every layer to reproduce its teacher layer's output from the teacher's
+own input to that layer (HANT's Eq. 2), all in one pass over the data per epoch, with
+checkpoints and resume; :func:`loss_changes` scores each candidate by the change of the
+teacher's loss when only that layer is swapped (the linear proxy of HANT's Sec. 2.2).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from nas.arch import Arch
+from nas.data import ImageDataset, Split
+from nas.errors import NASError
+from nas.ops import build_sequential
+from nas.train import save_atomic
+
+
+class LayerwiseNet(nn.Module):
+    """The teacher (``teacher``, a Sequential of prefix, layers and suffix) and candidate
+    modules per layer (``candidates[layer]["o<option index>"]``)."""
+
+    def __init__(self, space):
+        super().__init__()
+        space.require("layerwise", "LayerwiseNet")
+        prefix, layers, suffix = space.teacher_chain()
+        self.space = space
+        self.decisions = space.layer_decisions()
+        self.n_prefix, self.n_layers = len(prefix), len(layers)
+        self.teacher = build_sequential(prefix + layers + suffix)
+        self.candidates = nn.ModuleList(nn.ModuleDict() for _ in layers)
+
+    def option_key(self, layer: int, option) -> str:
+        return f"o{self.decisions[layer].index(option)}"
+
+    def add_candidates(self, options: list[list]) -> None:
+        """Build the candidate modules of ``options[layer]`` (the reference option is the
+        teacher layer itself)."""
+        if len(options) != self.n_layers:
+            raise NASError(f"options for {len(options)} layers given; the space has {self.n_layers}")
+        for layer, opts in enumerate(options):
+            for option in opts:
+                key = self.option_key(layer, option)
+                if option != self.space.reference_option and key not in self.candidates[layer]:
+                    self.candidates[layer][key] = build_sequential(self.space.layer_ops(layer, option))
+
+    def teacher_layer(self, layer: int) -> nn.Module:
+        return self.teacher[self.n_prefix + layer]
+
+    def module(self, layer: int, option) -> nn.Module:
+        if option == self.space.reference_option:
+            return self.teacher_layer(layer)
+        return self.candidates[layer][self.option_key(layer, option)]
+
+    def prefix(self, x):
+        for m in list(self.teacher)[:self.n_prefix]:
+            x = m(x)
+        return x
+
+    def suffix(self, h, start: int = None):
+        """Run teacher layers from ``start`` (default: none left) and the head."""
+        start = self.n_layers if start is None else start
+        for m in list(self.teacher)[self.n_prefix + start:]:
+            h = m(h)
+        return h
+
+    def layer_inputs(self, x) -> list[torch.Tensor]:
+        """The teacher's input to every layer, then the last layer's output."""
+        h = self.prefix(x)
+        acts = [h]
+        for i in range(self.n_layers):
+            h = self.teacher_layer(i)(h)
+            acts.append(h)
+        return acts
+
+    def forward(self, x, arch: Arch | None = None):
+        h = self.prefix(x)
+        for i, d in enumerate(self.decisions):
+            option = self.space.reference_option if arch is None else arch[d.name]
+            h = self.module(i, option)(h)
+        return self.suffix(h)
+
+    def extract(self, arch: Arch) -> nn.Sequential:
+        """A standalone copy of the network ``arch`` selects, with these weights (the
+        layout of ``space.build(arch)``)."""
+        mods = list(self.teacher)[:self.n_prefix]
+        mods += [self.module(i, arch[d.name]) for i, d in enumerate(self.decisions)]
+        mods += list(self.teacher)[self.n_prefix + self.n_layers:]
+        return copy.deepcopy(nn.Sequential(*mods))
+
+
+def hold_out(data: ImageDataset, n: int, seed: int) -> tuple[ImageDataset, Split]:
+    """``data`` without ``n`` seeded random training examples, and those examples: HANT
+    scores and ranks candidates on training images the candidates were not trained on."""
+    total = len(data.train)
+    if not 0 < n < total:
+        raise NASError(f"held_out must be between 1 and the {total - 1} training examples it can take, got {n}")
+    perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    keep, out = perm[n:].sort().values, perm[:n].sort().values
+    rest = copy.copy(data)
+    rest.train = Split(data.train.x[keep], data.train.y[keep])
+    return rest, Split(data.train.x[out], data.train.y[out])
+
+
+def distill(net: LayerwiseNet, options: list[list], data: ImageDataset, input_shape, epochs: int, batch_size: int,
+            lr: float, seed: int, device, max_batches: int | None = None, checkpoint: Path | None = None,
+            every: int = 20, progress: bool = True, on_step=None) -> dict:
+    """Train every candidate in ``options`` (Eq. 2): per batch, the teacher (frozen, eval
+    mode) gives each layer's input and output; every candidate of that layer maps the
+    input and takes an MSE loss to the output; one Adam step (cosine schedule) over all
+    candidates. Checkpoints (candidates, optimizer, position) go to ``checkpoint`` every
+    ``every`` steps and at the end; a call with the same arguments resumes from there and
+    ends where an uninterrupted run ends. Returns the last batch's MSE per candidate."""
+    if epochs < 1 or batch_size < 2:
+        raise NASError(f"pretraining needs epochs >= 1 and batch_size >= 2, got {epochs}, {batch_size}")
+    net.add_candidates(options)
+    trained = [(i, o) for i, opts in enumerate(options) for o in opts
+               if o != net.space.reference_option and any(True for _ in net.module(i, o).parameters())]
+    net.to(device=device, memory_format=torch.channels_last)
+    params = [p for i, o in trained for p in net.module(i, o).parameters()]
+    mse = {}
+    if not params:
+        return mse
+    opt = torch.optim.Adam(params, lr=lr)
+    n = len(data.train)
+    per_epoch = max(1, n // batch_size)
+    if max_batches is not None:
+        per_epoch = min(per_epoch, int(max_batches))
+    total = epochs * per_epoch
+    identity = {"seed": seed, "candidates": [(i, str(o)) for i, o in trained], "epochs": epochs,
+                "batch_size": batch_size, "lr": lr, "per_epoch": per_epoch}
+    done = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state.get("identity") == identity:
+            net.candidates.load_state_dict(state["candidates"])
+            opt.load_state_dict(state["optimizer"])
+            done, mse = state["step"], state["mse"]
+
+    def save(step):
+        if checkpoint is not None:
+            save_atomic({"identity": identity, "candidates": net.candidates.state_dict(),
+                          "optimizer": opt.state_dict(), "step": step, "mse": mse}, checkpoint)
+
+    net.teacher.eval()
+    bar = tqdm(total=total, initial=done, desc="pretraining candidates", unit="batch", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for step in range(done, total):
+            epoch, s = divmod(step, per_epoch)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+            x, _ = data.batch(data.train, perm[s * batch_size:(s + 1) * batch_size], input_shape)
+            x = x.to(device, memory_format=torch.channels_last)
+            with torch.no_grad():
+                acts = net.layer_inputs(x)
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            opt.zero_grad(set_to_none=True)
+            losses = []
+            for i, o in trained:
+                module = net.module(i, o).train()
+                loss = F.mse_loss(module(acts[i]), acts[i + 1])
+                if not torch.isfinite(loss):
+                    raise NASError(f"pretraining diverged: candidate {o!r} of layer {i + 1} has loss {loss.item()} "
+                                   f"at step {step}; lower searcher.pretrain_lr")
+                losses.append(loss)
+            torch.stack(losses).sum().backward()
+            opt.step()
+            mse = {f"{i}:{o}": float(v) for (i, o), v in zip(trained, torch.stack(losses).detach())}
+            bar.update(1)
+            bar.set_postfix(mean_mse=f"{np.mean(list(mse.values())):.4f}", refresh=False)
+            if on_step is not None:
+                on_step(step)
+            if (step + 1) % every == 0 or step + 1 == total:
+                save(step + 1)
+    finally:
+        bar.close()
+    return mse
+
+
+@torch.no_grad()
+def loss_changes(net: LayerwiseNet, options: list[list], x: torch.Tensor, y: torch.Tensor,
+                 batch_size: int = 256) -> tuple[float, list[np.ndarray]]:
+    """The teacher's cross-entropy on ``(x, y)`` and, per layer, its change when that
+    layer alone runs the candidate ``options[layer][j]`` (0 for the reference option)."""
+    net.eval()
+    base, deltas = 0.0, [np.zeros(len(opts)) for opts in options]
+    for start in range(0, len(y), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        weight = len(yb) / len(y)
+        acts = net.layer_inputs(xb)
+        ref = F.cross_entropy(net.suffix(acts[-1]), yb).item()
+        base += weight * ref
+        for i, opts in enumerate(options):
+            for j, option in enumerate(opts):
+                if option == net.space.reference_option:
+                    continue
+                out = net.suffix(net.module(i, option)(acts[i]), start=i + 1)
+                deltas[i][j] += weight * (F.cross_entropy(out, yb).item() - ref)
+    return base, deltas
+
+
+@torch.no_grad()
+def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
+                      **forward_kw) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy) of ``model`` (eval mode) on ``(x, y)``."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        out = model(x[start:start + batch_size], **forward_kw)
+        loss += F.cross_entropy(out, y[start:start + batch_size], reduction="sum").item()
+        correct += (out.argmax(1) == y[start:start + batch_size]).sum().item()
+    return loss / len(y), correct / len(y)
