@@ -173,6 +173,10 @@ def _restricted_ilp(inst: Instance, keep: np.ndarray, budget: float, previous: l
         if len(shared) > overlap:
             prob += pulp.lpSum(shared) <= overlap, f"overlap_{k}"
     status = pulp.LpStatus[prob.solve(solver)]
+    if status not in ("Optimal", "Infeasible") and isinstance(solver, pulp.HiGHS):
+        # HiGHS 1.x occasionally ends a small model in "solve error"; CBC then decides it.
+        solver = pulp_solver("cbc", gap)
+        status = pulp.LpStatus[prob.solve(solver)]
     if status == "Infeasible":
         return None
     if status != "Optimal":

@@ -222,3 +222,68 @@ def test_cli_hant_ilp_end_to_end(tmp_path, cli_env):
     assert result["searcher"] == "ilp" and result["weights"] == "model.pt"
     bad = run_cli(args[:-1] + ["run_name=h2", "budget=1"], tmp_path, cli_env)
     assert bad.returncode == 2 and "infeasible" in bad.stderr and "Traceback" not in bad.stderr
+
+
+class TwoLayerTeacher(nas.Space):
+    """A layerwise space written from scratch: a conv teacher whose two middle layers may
+    become a 1x1 conv or a 5x5 conv (no HANT code involved)."""
+
+    OPTIONS = ("teacher", "conv1", "conv5")
+
+    def __init__(self, resolution=8, num_classes=3, in_channels=3):
+        super().__init__(resolution, num_classes, in_channels)
+        r = resolution
+        self.prefix = [nas.OpSpec.make("conv", "stem", c_in=in_channels, c_out=8, res=r, k=3, act="relu")]
+        self.layers = [nas.OpSpec.make("conv", f"l{i}", c_in=8, c_out=8, res=r, k=3, act="relu") for i in (1, 2)]
+        self.suffix = [nas.OpSpec.make("gap", "pool", c_in=8, res=r),
+                       nas.OpSpec.make("linear", "fc", c_in=8, c_out=num_classes)]
+
+    reference_option = "teacher"
+
+    def _make_decisions(self):
+        return [nas.Decision(f"l{i}", self.OPTIONS, tag="layer") for i in (1, 2)]
+
+    def capabilities(self):
+        return super().capabilities() | {"layerwise"}
+
+    def layer_decisions(self):
+        return self.decisions("layer")
+
+    def teacher_chain(self):
+        return self.prefix, self.layers, self.suffix
+
+    def layer_ops(self, layer, option):
+        k = {"teacher": 3, "conv1": 1, "conv5": 5}[option]
+        return [nas.OpSpec.make("conv", f"l{layer + 1}", c_in=8, c_out=8, res=self.resolution, k=k, act="relu")]
+
+    def fixed_ops(self):
+        return self.prefix + self.suffix
+
+    def parameter_free(self, layer, option):
+        return option == "teacher"
+
+    def ops(self, arch):
+        return self.prefix + [op for i, d in enumerate(self.decisions()) for op in self.layer_ops(i, arch[d.name])] \
+            + self.suffix
+
+    def build(self, arch):
+        from nas.ops import build_sequential
+
+        return build_sequential(self.ops(arch))
+
+
+def test_ilp_searcher_runs_on_any_layerwise_space():
+    space = TwoLayerTeacher()
+    data = nas.get_dataset("synthetic", n=300, num_classes=3, resolution=8)
+    ev = nas.get_evaluator("train", epochs=1, batch_size=64)
+    ev.bind(space, data)
+    problem = SearchProblem(space, nas.get_cost_model("macs"), ev, Ledger(space, "t", "memory"), None, 0, False)
+    searcher = nas.get_searcher("ilp", k=3, overlap=1, budget_ratio=0.8, teacher_epochs=1, pretrain_batches=2,
+                                held_out=64, finetune_epochs=1, measure_latency=False)
+    result = nas.run_search(searcher, problem)
+    # 8x8 maps: conv1 costs 1/9 of the teacher's 3x3, conv5 is pruned as costlier
+    sels = result.extras["selections"]
+    assert result.extras["candidates_searched"] == 4 and len(sels) == 3
+    assert {tuple(s["arch"].values()) for s in sels} == {("conv1", "conv1"), ("conv1", "teacher"),
+                                                          ("teacher", "conv1")}
+    assert result.best is result.history[1] and result.best.cost < result.history[0].cost

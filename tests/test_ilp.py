@@ -85,3 +85,24 @@ def test_infeasible_budget_names_the_smallest_cost_and_bad_input_is_refused():
     # a layer with a single op is shared by every solution: with overlap 0 only one exists
     (only,) = select_ops([[0.0], [0.0, 1.0]], [[1.0], [1.0, 0.5]], budget=2.0, k=3, overlap=0)
     assert only.choice == [0, 0]
+
+
+def test_a_highs_solve_error_falls_back_to_cbc(monkeypatch):
+    import pulp
+
+    if not pulp.HiGHS(msg=False).available():
+        pytest.skip("highspy is not installed")
+    real_solve = pulp.LpProblem.solve
+    failed = []
+
+    def solve(self, solver=None, **kw):
+        if isinstance(solver, pulp.HiGHS) and not failed:  # HiGHS's occasional "solve error"
+            failed.append(True)
+            return pulp.LpStatusNotSolved
+        return real_solve(self, solver, **kw)
+
+    monkeypatch.setattr(pulp.LpProblem, "solve", solve)
+    scores, costs = instance(3)
+    budget = 0.6 * costs[:, 0].sum()
+    (sol,) = select_ops(scores, costs, budget, k=1, solver="highs", gap=0.0)
+    assert failed and sol.objective == pytest.approx(brute_force(scores, costs, budget, [], 4))

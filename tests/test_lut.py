@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -144,6 +145,16 @@ def test_calibration_falls_back_to_a_constant():
     # too few models for a line, or a fit with a non-physical slope: scale 1, median offset
     assert lut_mod.fit_calibration([1.0, 2.0], [1.5, 2.7]) == (pytest.approx(0.6), 1.0)
     assert lut_mod.fit_calibration([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == (pytest.approx(0.0), 1.0)
+    assert lut_mod.fit_calibration([2.0, 1.0], [1.0, 0.5]) == (0.0, 1.0)  # never a negative overhead
+
+
+def test_calibration_never_fits_a_negative_overhead():
+    # whole models faster than their layers by a constant (the per-call cost of timing each
+    # layer alone): the free fit's overhead is negative; the scale alone is fitted instead
+    sums = np.array([1.0, 2.0, 4.0, 8.0])
+    overhead, scale = lut_mod.fit_calibration(sums, 1.1 * sums - 0.2)
+    ratio = sums / (1.1 * sums - 0.2)
+    assert overhead == 0.0 and scale == pytest.approx(ratio.sum() / (ratio ** 2).sum())
 
 
 def test_lut_errors(tmp_path):

@@ -273,7 +273,7 @@ def fit_calibration(layer_sums, measured) -> tuple[float, float]:
             overhead, scale = 0.0, float(ratio.sum() / (ratio ** 2).sum())
         if scale > 0:
             return float(overhead), float(scale)
-    return float(np.median(meas - sums)), 1.0
+    return max(0.0, float(np.median(meas - sums))), 1.0
 
 
 def fit_overhead(lut: LUTFile, space, settings: HarnessSettings, n_models: int, seed: int,
