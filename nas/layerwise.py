@@ -186,9 +186,10 @@ def distill(net: LayerwiseNet, options: list[list], data: ImageDataset, input_sh
                     raise NASError(f"pretraining diverged: candidate {o!r} of layer {i + 1} has loss {loss.item()} "
                                    f"at step {step}; lower searcher.pretrain_lr")
                 losses.append(loss)
-            torch.stack(losses).sum().backward()
+            stacked = torch.stack(losses)
+            stacked.sum().backward()
             opt.step()
-            mse = {f"{i}:{o}": float(v) for (i, o), v in zip(trained, torch.stack(losses).detach())}
+            mse = {f"{i}:{o}": float(v) for (i, o), v in zip(trained, stacked.detach())}
             bar.update(1)
             bar.set_postfix(mean_mse=f"{np.mean(list(mse.values())):.4f}", refresh=False)
             if on_step is not None:
@@ -220,16 +221,3 @@ def loss_changes(net: LayerwiseNet, options: list[list], x: torch.Tensor, y: tor
                 out = net.suffix(net.module(i, option)(acts[i]), start=i + 1)
                 deltas[i][j] += weight * (F.cross_entropy(out, yb).item() - ref)
     return base, deltas
-
-
-@torch.no_grad()
-def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
-                      **forward_kw) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 accuracy) of ``model`` (eval mode) on ``(x, y)``."""
-    model.eval()
-    loss, correct = 0.0, 0
-    for start in range(0, len(y), batch_size):
-        out = model(x[start:start + batch_size], **forward_kw)
-        loss += F.cross_entropy(out, y[start:start + batch_size], reduction="sum").item()
-        correct += (out.argmax(1) == y[start:start + batch_size]).sum().item()
-    return loss / len(y), correct / len(y)

@@ -56,15 +56,16 @@ def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: 
 
 @torch.inference_mode()
 def accuracy(model: nn.Module, data: ImageDataset, split: Split, input_shape, batch_size: int,
-             device: torch.device) -> tuple[float, float]:
-    """(top-1 accuracy in [0, 1], mean cross-entropy) of ``model`` on ``split``."""
+             device: torch.device, **forward_kw) -> tuple[float, float]:
+    """(top-1 accuracy in [0, 1], mean cross-entropy) of ``model`` on ``split``;
+    ``forward_kw`` go to every forward call (e.g. the ``arch`` of a layer-wise network)."""
     model.eval()
     correct, loss_sum = 0, 0.0
     for start in range(0, len(split), batch_size):
         idx = slice(start, start + batch_size)
         x, y = data.batch(split, idx, input_shape)
         x, y = x.to(device, memory_format=torch.channels_last), y.to(device)
-        out = model(x)
+        out = model(x, **forward_kw)
         loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
     n = max(1, len(split))

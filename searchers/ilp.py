@@ -356,7 +356,7 @@ class ILPSearch(Searcher):
     def search(self, problem):
         import torch
 
-        from nas.layerwise import LayerwiseNet, distill, hold_out, loss_and_accuracy, loss_changes
+        from nas.layerwise import LayerwiseNet, distill, hold_out, loss_changes
         from nas.lut import latency_report
         from nas.train import accuracy, resolve_device, train
 
@@ -425,7 +425,7 @@ class ILPSearch(Searcher):
         candidates = []
         for rank, sel in enumerate(selections):
             arch = to_arch(sel)
-            loss, acc = loss_and_accuracy(net, xh, yh, arch=arch)
+            acc, loss = accuracy(net, train_data, held, shape, 256, device, arch=arch)
             candidates.append({"solution": rank + 1, "arch": dict(arch), "objective": sel.objective,
                                "proven_gap": sel.gap, "cost": fixed + sel.cost, "held_out_loss": loss,
                                "held_out_accuracy": acc})
