@@ -89,6 +89,7 @@ def search(space: Space | str, searcher: Searcher | str, cost_model: CostModel |
 from nas import costs as _costs  # noqa: E402,F401
 from nas import data as _data  # noqa: E402,F401
 from nas import lut as _lut  # noqa: E402,F401
+from nas import nnmass as _nnmass  # noqa: E402,F401
 
 __all__ = [
     "Arch", "Decision", "OpSpec", "Space", "CostModel", "Evaluator", "Score", "Searcher", "SearchProblem",

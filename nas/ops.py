@@ -30,6 +30,9 @@ from nas.errors import NASError, one_of
 
 # --------------------------------------------------------------------------- OpSpec
 
+#: (MACs, parameters, non-linear units) per (kind, params) of every OpSpec counted so far
+_COUNTS: dict = {}
+
 
 @dataclass(frozen=True)
 class OpSpec:
@@ -74,14 +77,23 @@ class OpSpec:
     def op_kind(self) -> "OpKind":
         return OP_KINDS[self.kind]
 
+    def _counts(self) -> tuple[int, int, int]:
+        # Searchers price thousands of archs made of the same few ops: count each op once.
+        key = (self.kind, self.params)
+        counts = _COUNTS.get(key)
+        if counts is None:
+            kind, p = self.op_kind, self.p
+            counts = _COUNTS[key] = (int(kind.macs(**p)), int(kind.params(**p)), int(kind.nonlinear(**p)))
+        return counts
+
     def macs(self) -> int:
-        return int(self.op_kind.macs(**self.p))
+        return self._counts()[0]
 
     def num_params(self) -> int:
-        return int(self.op_kind.params(**self.p))
+        return self._counts()[1]
 
     def nonlinear(self) -> int:
-        return int(self.op_kind.nonlinear(**self.p))
+        return self._counts()[2]
 
     def memory_elements(self) -> int:
         """Elements read and written: weights plus input and output activations of each

@@ -31,7 +31,8 @@ class Space(abc.ABC):
     has no use for are ignored: ``alpha_init``, ``cost_sigma`` for activation relaxations,
     ``tau`` for mixed operations), ``layerwise`` (a teacher network whose layers each have
     candidate replacements, as in ``spaces/hant.py``; the methods it needs are listed in
-    :mod:`nas.layerwise`).
+    :mod:`nas.layerwise`), ``topology`` (a ``block_topologies(arch)`` method listing the
+    blocks' skip connections as :class:`nas.nnmass.BlockTopology`, for NN-Mass).
     """
 
     name: str = ""  # set by the registry
@@ -167,6 +168,8 @@ class Space(abc.ABC):
             caps.add("presets")
         if type(self).benchmark_table is not Space.benchmark_table:
             caps.add("table")
+        if callable(getattr(self, "block_topologies", None)):
+            caps.add("topology")
         return caps
 
     def require(self, capability: str, who: str) -> None:
@@ -214,8 +217,14 @@ class Space(abc.ABC):
             lasts = self.canonicalize(Arch({d.name: d.options[-1] for d in ds}))
             candidates = itertools.chain([firsts, lasts], (self.sample(rng) for _ in range(n_samples)))
             exact = False
+        cost, arch = self.cheapest(cost_model, candidates)
+        return cost, arch, exact
+
+    def cheapest(self, cost_model, archs) -> tuple[float, Arch]:
+        """``(cost, arch)`` of the cheapest of ``archs`` that satisfy the space's constraints."""
         best = None
-        for arch in candidates:
+        for arch in archs:
+            arch = self.canonicalize(arch)
             try:
                 self.check(arch)
             except NASError:
@@ -223,4 +232,6 @@ class Space(abc.ABC):
             c = cost_model.cost(self.ops(arch))
             if best is None or c < best[0]:
                 best = (c, arch)
-        return best[0], best[1], exact
+        if best is None:
+            raise NASError(f"space {self.name!r}: none of the architectures tried satisfies its constraints")
+        return best

@@ -27,7 +27,7 @@ def test_help_lists_plugins(tmp_path, cli_env):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["space=nope"], "unknown space 'nope'; registered spaces: 'afrb', 'hant', 'mbconv', 'nb201', 'uib'"),
+    (["space=nope"], "unknown space 'nope'; registered spaces: 'afrb', 'convnext_scaled', 'hant', 'mbconv', 'nb201', 'rexnet', 'uib'"),
     (["searcher=nope"], "unknown searcher 'nope'; registered searchers:"),
     (["target=nope"], "unknown target 'nope'; registered targets:"),
     (["data=nope"], "unknown data set 'nope'; registered data sets:"),
@@ -40,6 +40,9 @@ def test_help_lists_plugins(tmp_path, cli_env):
     (NB201 + ["budget=1000"], "budget 1000 MACs is infeasible for space 'nb201'"),
     (["space=nb201", "evaluator=table", "space.resolution=30"], "nb201 needs a resolution divisible by 4"),
     (["justaword"], "is not an override"),
+    (["space=convnext_scaled", "searcher=nnmass", "target=macs", "searcher.budgets=[{flops: 1e9}]"],
+     "searcher.budgets[0] names 'flops'; accepted: macs, params, cost"),
+    (["space=rexnet", "target=macs", "searcher=random", "space.grid=huge"], "unknown grid 'huge'; accepted:"),
     (NB201 + ["arch=no_such_preset"], "arch='no_such_preset' is neither a preset of space 'nb201' ('resnet') nor a path"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, cli_env, args, message):
@@ -156,3 +159,26 @@ def test_evaluate_one_arch_and_reject_a_bad_one(tmp_path, cli_env):
     assert out.returncode == 2
     assert "decision 'edge_1_0' has no option 'conv_9x9'; options are: 'none', 'skip_connect'" in out.stderr
     assert ledger_count(tmp_path / "runs" / "one") == 1
+
+
+def test_nnmass_run_reproduces_ran_i_budgets(tmp_path, cli_env):
+    out = run_cli(["space=convnext_scaled", "searcher=nnmass", "target=macs", "progress=false", "run_name=n"],
+                  tmp_path, cli_env)
+    assert out.returncode == 0, out.stderr
+    assert "budget 3.3G MACs / 21M params (±6%)" in out.stdout and "budget 8.5G MACs / 50M params" in out.stdout
+    result = json.loads((tmp_path / "runs" / "n" / "result.json").read_text())
+    assert result["quality_metric"] == "nn_mass" and result["evaluator"] == "nnmass"  # the searcher's default
+    assert [len(b["ranked"]) for b in result["budgets"]] == [5, 5, 5] and result["n_evals"] == 15
+    assert result["candidates"] == 680  # 800 multiplier pairs, 680 distinct networks
+
+
+def test_rexnet_optuna_under_a_flops_budget(tmp_path, cli_env):
+    space = nas.get_space("rexnet", resolution=28, in_channels=1)
+    budget = sorted(sum(op.macs() for op in space.ops(a)) for a in space.enumerate())[3000]
+    out = run_cli(["space=rexnet", "searcher=optuna", "target=macs", f"budget={budget}", "searcher.n_evals=3",
+                   "searcher.n_startup_trials=2", "evaluator.epochs=1", "progress=false", "run_name=x"],
+                  tmp_path, cli_env)
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "runs" / "x" / "result.json").read_text())
+    assert result["n_evals"] == 3 and all(e["cost"] <= budget for e in result["history"])
+    assert 0.1 < result["best"]["quality"] <= 1
