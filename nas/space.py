@@ -15,6 +15,24 @@ from nas.errors import NASError, one_of
 from nas.ops import OpSpec
 
 
+def number_list(values, where: str, field: str, kind=int, minimum: float = 1, distinct_sorted: bool = False) -> tuple:
+    """A space's list-valued setting as a tuple of ``kind``, each >= ``minimum``.
+
+    ``distinct_sorted`` for option grids (order and repeats carry no meaning there); keep
+    the given order for per-stage settings such as base widths.
+    """
+    noun = "integers" if kind is int else "numbers"
+    try:
+        out = tuple(kind(v) for v in values)
+    except (TypeError, ValueError):
+        raise NASError(f"{where} field {field} must be a list of {noun}, got {values!r}") from None
+    if distinct_sorted:
+        out = tuple(sorted(set(out)))
+    if not out or min(out) < minimum:
+        raise NASError(f"{where} field {field} must be a non-empty list of {noun} >= {minimum}, got {values!r}")
+    return out
+
+
 class Space(abc.ABC):
     """A search space: decisions, sampling, validation, model building and costing.
 
@@ -73,10 +91,18 @@ class Space(abc.ABC):
         return math.prod(len(d.options) for d in self.decisions())
 
     # ------------------------------------------------------------------ archs
-    def sample(self, rng: np.random.Generator) -> Arch:
-        """A uniformly random choice per decision, canonicalised."""
-        values = {d.name: d.options[int(rng.integers(len(d.options)))] for d in self.decisions()}
-        return self.canonicalize(Arch(values))
+    def sample(self, rng: np.random.Generator, attempts: int = 1000) -> Arch:
+        """A uniformly random choice per decision, canonicalised; rejection sampling while
+        :meth:`check` refuses, so that searchers only ever see valid archs."""
+        for _ in range(attempts):
+            values = {d.name: d.options[int(rng.integers(len(d.options)))] for d in self.decisions()}
+            arch = self.canonicalize(Arch(values))
+            try:
+                self.check(arch)
+                return arch
+            except NASError as refusal:
+                last = refusal
+        raise NASError(f"space {self.name!r}: no valid arch in {attempts} samples; the last was refused with: {last}")
 
     def default_arch(self) -> Arch:
         """Where a searcher holds the decisions it is not searching (e.g. the blocks while

@@ -31,6 +31,7 @@ from torch import nn
 from nas import Arch, Decision, NASError, OpSpec, Space, register_op_kind, register_space
 from nas.nnmass import residual_chain
 from nas.ops import LayeredOpKind, build_sequential
+from nas.space import number_list
 
 DEFAULT_WIDTH_MULTS = tuple(sorted({round(0.25 + 0.0375 * i, 4) for i in range(37)} | {0.666, 0.789, 0.9105}))
 DEFAULT_DEPTH_MULTS = tuple(sorted({round(0.6 + 0.1225 * i, 4) for i in range(17)} | {1.0, 1.65, 2.3}))
@@ -153,26 +154,6 @@ class ConvNeXtHeadOp(LayeredOpKind):
         return ConvNeXtHead(p["c_in"], p["c_out"])
 
 
-def _positive_ints(values, field: str) -> tuple:
-    try:
-        out = tuple(int(v) for v in values)
-    except (TypeError, ValueError):
-        raise NASError(f"convnext_scaled field {field} must be a list of integers, got {values!r}") from None
-    if not out or min(out) < 1:
-        raise NASError(f"convnext_scaled field {field} must be a non-empty list of positive integers, got {values!r}")
-    return out
-
-
-def _multipliers(values, field: str) -> tuple:
-    try:
-        out = tuple(sorted({float(v) for v in values}))
-    except (TypeError, ValueError):
-        raise NASError(f"convnext_scaled field {field} must be a list of numbers, got {values!r}") from None
-    if not out or out[0] <= 0:
-        raise NASError(f"convnext_scaled field {field} must be a non-empty list of positive numbers, got {values!r}")
-    return out
-
-
 @register_space("convnext_scaled")
 class ConvNeXtScaledSpace(Space):
     def __init__(self, resolution: int = 32, num_classes: int = 10, in_channels: int = 3,
@@ -180,8 +161,8 @@ class ConvNeXtScaledSpace(Space):
                  expansion: int = 4, kernel: int = 7, width_mults: list = DEFAULT_WIDTH_MULTS,
                  depth_mults: list = DEFAULT_DEPTH_MULTS):
         super().__init__(resolution, num_classes, in_channels)
-        self.base_dims = _positive_ints(base_dims, "base_dims")
-        self.base_depths = _positive_ints(base_depths, "base_depths")
+        self.base_dims = number_list(base_dims, "convnext_scaled", "base_dims")
+        self.base_depths = number_list(base_depths, "convnext_scaled", "base_depths")
         if len(self.base_dims) != len(self.base_depths):
             raise NASError(f"convnext_scaled has {len(self.base_dims)} base_dims but {len(self.base_depths)} "
                            "base_depths; give one width and one depth per stage")
@@ -196,8 +177,8 @@ class ConvNeXtScaledSpace(Space):
             raise NASError(f"convnext_scaled: resolution {self.resolution} is too small for a stem of stride "
                            f"{self.stem_stride} and {len(self.base_dims) - 1} downsamplings (needs >= "
                            f"{self.stem_stride * 2 ** (len(self.base_dims) - 1)})")
-        self.width_mults = _multipliers(width_mults, "width_mults")
-        self.depth_mults = _multipliers(depth_mults, "depth_mults")
+        self.width_mults = number_list(width_mults, "convnext_scaled", "width_mults", float, 1e-9, True)
+        self.depth_mults = number_list(depth_mults, "convnext_scaled", "depth_mults", float, 1e-9, True)
 
     def config(self):
         cfg = super().config()

@@ -37,6 +37,7 @@ from torch import nn
 from nas import Arch, Decision, NASError, OpSpec, Space, register_op_kind, register_space
 from nas.nnmass import residual_chain
 from nas.ops import LayeredOpKind, build_sequential, conv_out, make_divisible
+from nas.space import number_list
 
 GROUP_STRIDES = (1, 2, 2, 2, 1, 2, 1)
 MOBILENETV2_WIDTHS = (16, 24, 32, 64, 96, 160, 320)
@@ -119,16 +120,6 @@ class InvertedBottleneckOp(LayeredOpKind):
         return InvertedBottleneck(p["c_in"], p["c_out"], p["stride"], p["e"], p["se"], p["style"])
 
 
-def _options(values, field: str, kind=float, minimum=0.0) -> tuple:
-    try:
-        out = tuple(sorted({kind(v) for v in values}))
-    except (TypeError, ValueError):
-        raise NASError(f"rexnet field {field} must be a list of numbers, got {values!r}") from None
-    if not out or out[0] < minimum:
-        raise NASError(f"rexnet field {field} must be a non-empty list of numbers >= {minimum}, got {values!r}")
-    return out
-
-
 #: Option grids. ``small`` (the default) suits the embedded data sets and keeps channels in
 #: multiples of 16, so that a LUT lists every layer of the space; ``published`` holds
 #: ReXNet's and MobileNetV2's networks (the presets) with ReXNet's exact rounding.
@@ -163,16 +154,16 @@ class ReXNetSpace(Space):
         if len(cfg["group_depths"]) != len(GROUP_STRIDES):
             raise NASError(f"rexnet field group_depths needs {len(GROUP_STRIDES)} lists (one per group of "
                            f"MobileNetV2's skeleton), got {len(cfg['group_depths'])}")
-        self.group_depths = tuple(_options(d, f"group_depths[{g}]", int) for g, d in enumerate(cfg["group_depths"]))
+        self.group_depths = tuple(number_list(d, "rexnet", f"group_depths[{g}]", minimum=0, distinct_sorted=True) for g, d in enumerate(cfg["group_depths"]))
         if self.group_depths[0][0] < 1:
             raise NASError("rexnet: the first group needs at least one block")
-        self.width_mults = _options(cfg["width_mults"], "width_mults", minimum=1e-9)
-        self.intercepts = _options(cfg["intercepts"], "intercepts", int, minimum=1)
-        self.rises = _options(cfg["rises"], "rises", int)
-        self.break_ats = _options(cfg["break_ats"], "break_ats", minimum=1e-9)
+        self.width_mults = number_list(cfg["width_mults"], "rexnet", "width_mults", float, 1e-9, True)
+        self.intercepts = number_list(cfg["intercepts"], "rexnet", "intercepts", distinct_sorted=True)
+        self.rises = number_list(cfg["rises"], "rexnet", "rises", minimum=0, distinct_sorted=True)
+        self.break_ats = number_list(cfg["break_ats"], "rexnet", "break_ats", float, 1e-9, True)
         if self.break_ats[-1] >= 1:
             raise NASError(f"rexnet field break_ats must lie strictly between 0 and 1, got {list(cfg['break_ats'])}")
-        self.break_rises = _options(cfg["break_rises"], "break_rises")
+        self.break_rises = number_list(cfg["break_rises"], "rexnet", "break_rises", float, 0, True)
 
     def config(self):
         cfg = super().config()
@@ -234,17 +225,6 @@ class ReXNetSpace(Space):
                 raise NASError(f"rexnet: channels must not decrease with the block index (ReXNet's Eq. 1), but "
                                f"block {i} has {c} and block {i + 1} {nxt} (break_at {arch['break_at']}, "
                                f"break_rise {arch['break_rise']}: keep break_rise <= 1)")
-
-    def sample(self, rng):
-        # Rejection sampling, so that samplers only ever see archs that satisfy Eq. 1.
-        for _ in range(1000):
-            arch = super().sample(rng)
-            try:
-                self.check(arch)
-                return arch
-            except NASError:
-                continue
-        raise NASError("rexnet: no arch with non-decreasing channels in 1000 samples; check break_rises")
 
     # ------------------------------------------------------------------ network
     def _blocks(self, arch):

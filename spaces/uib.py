@@ -42,6 +42,7 @@ from torch import nn
 from nas import Arch, Decision, NASError, OpSpec, Space, register_space
 from nas.ops import LayeredOpKind, activation, make_divisible, register_op_kind
 from nas.relax import Relaxation, gumbel_hard, ops_cost
+from nas.space import number_list
 
 
 # ---------------------------------------------------------------------------- block specs
@@ -207,17 +208,6 @@ SKELETONS = {
 DEFAULT_BLOCK = {"start_dw": 0, "mid_dw": 3, "expansion": 4, "fused": False}
 
 
-def _ints(values, field: str, allow_zero: bool = False) -> tuple:
-    try:
-        out = tuple(int(v) for v in values)
-    except (TypeError, ValueError):
-        raise NASError(f"uib field {field} must be a list of integers, got {values!r}") from None
-    if not out or min(out) < (0 if allow_zero else 1):
-        raise NASError(f"uib field {field} must be a non-empty list of {'non-negative' if allow_zero else 'positive'} "
-                       f"integers, got {values!r}")
-    return out
-
-
 @register_space("uib")
 class UIBSpace(Space):
     """UIB blocks in a MobileNetV4 skeleton; ``coarse`` stage shapes, ``fine`` blocks."""
@@ -229,10 +219,10 @@ class UIBSpace(Space):
         if skeleton not in SKELETONS:
             raise NASError(f"uib skeleton {skeleton!r} is not one of {', '.join(map(repr, SKELETONS))}")
         self.skeleton = skeleton
-        self.kernels = _ints(kernels, "kernels", allow_zero=True)
+        self.kernels = number_list(kernels, "uib", "kernels", minimum=0)
         if any(k % 2 == 0 for k in self.kernels if k):
             raise NASError(f"uib kernels must be 0 (none) or odd, got {list(self.kernels)}")
-        self.expansions = _ints(expansions, "expansions")
+        self.expansions = number_list(expansions, "uib", "expansions")
         if not isinstance(fused, bool):
             raise NASError(f"uib field fused must be true or false, got {fused!r}")
         self.fused = fused

@@ -27,7 +27,7 @@ def test_help_lists_plugins(tmp_path, cli_env):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["space=nope"], "unknown space 'nope'; registered spaces: 'afrb', 'convnext_scaled', 'hant', 'mbconv', 'nb201', 'rexnet', 'uib'"),
+    (["space=nope"], "unknown space 'nope'; registered spaces: 'afrb', 'convnext_scaled', 'hant', 'mbconv', 'nb201', 'relu_reuse', 'rexnet', 'uib'"),
     (["searcher=nope"], "unknown searcher 'nope'; registered searchers:"),
     (["target=nope"], "unknown target 'nope'; registered targets:"),
     (["data=nope"], "unknown data set 'nope'; registered data sets:"),

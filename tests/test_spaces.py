@@ -56,6 +56,16 @@ def test_sampling_is_seeded_and_valid():
         assert space.validate(a[0]) == a[0]
 
 
+def test_sampling_rejects_archs_that_check_refuses():
+    space = nas.get_space("relu_reuse", ms=[16], alphas=[2], betas=[2], gammas=[2], phis=[1],
+                          treatments=["keep", "reuse16"])
+    # Stage 1 has 16 channels (reuse16 fits), stage 2 32, ...: every sample must pass check.
+    for seed in range(20):
+        space.check(space.sample(np.random.default_rng(seed)))
+    narrow = nas.get_space("relu_reuse", ms=[8], alphas=[2], betas=[2], gammas=[2], phis=[1], treatments=["reuse16"])
+    with pytest.raises(NASError, match="no valid arch in 5 samples; the last was refused with: .*divisible"):
+        narrow.sample(np.random.default_rng(0), attempts=5)
+
 def test_validate_names_what_is_wrong():
     space = nas.get_space("mbconv")
     arch = space.sample(np.random.default_rng(0))
