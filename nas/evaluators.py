@@ -80,12 +80,16 @@ class TrainEvaluator(Evaluator):
         super().bind(space, data)
         data.check_model_input(space.input_shape, space.num_classes)
 
-    def evaluate(self, space, arch):
+    def evaluate(self, space, arch, teacher: nn.Module | None = None, distill_weight: float = 0.0,
+                 temperature: float = 1.0):
+        """Train ``arch`` from scratch; with a ``teacher``, with knowledge distillation from
+        it (see :func:`nas.train.train`)."""
         s = arch_seed(self.seed, arch)
         torch.manual_seed(s)
         model = space.build(arch)
         metrics = train(model, self.data, space.input_shape, self.epochs, self.batch_size, self.optimizer,
-                        self.lr, self.momentum, self.weight_decay, s, self.device)
+                        self.lr, self.momentum, self.weight_decay, s, self.device, teacher=teacher,
+                        distill_weight=distill_weight, temperature=temperature)
         return Score(metrics["accuracy"], metrics, model.cpu())
 
 

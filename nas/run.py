@@ -181,8 +181,9 @@ def _same_evaluations(old: dict, new: dict) -> list[str]:
     return diffs
 
 
-def load_arch(value: str, space):
-    """An Arch from a preset name of ``space`` or a JSON file (``arch.json`` of a run)."""
+def load_arch(value: str, space, field: str = "arch"):
+    """An Arch from a preset name of ``space`` or a JSON file (``arch.json`` of a run);
+    ``field`` names the setting it came from, for the error."""
     from nas.arch import Arch
 
     if value in space.presets():
@@ -190,9 +191,9 @@ def load_arch(value: str, space):
     path = Path(str(value)).expanduser()
     if not path.is_file():
         if space.presets():
-            raise NASError(f"arch={value!r} is neither a preset of space {space.name!r} ({one_of(space.presets())}) "
+            raise NASError(f"{field}={value!r} is neither a preset of space {space.name!r} ({one_of(space.presets())}) "
                            "nor a path to an arch JSON file")
-        raise NASError(f"arch={value!r} is not a path to an arch JSON file (space {space.name!r} has no presets)")
+        raise NASError(f"{field}={value!r} is not a path to an arch JSON file (space {space.name!r} has no presets)")
     return space.validate(Arch.from_json(path.read_text()))
 
 

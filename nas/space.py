@@ -50,7 +50,9 @@ class Space(abc.ABC):
     ``tau`` for mixed operations), ``layerwise`` (a teacher network whose layers each have
     candidate replacements, as in ``spaces/hant.py``; the methods it needs are listed in
     :mod:`nas.layerwise`), ``topology`` (a ``block_topologies(arch)`` method listing the
-    blocks' skip connections as :class:`nas.nnmass.BlockTopology`, for NN-Mass).
+    blocks' skip connections as :class:`nas.nnmass.BlockTopology`, for NN-Mass),
+    ``relu_stages`` (``stage_relus(arch)``, ``treat_stages(arch, stages, treatment)`` and
+    ``scale_channels(arch, factor)``, as in ``spaces/relu_reuse.py``, for DeepReDuce).
     """
 
     name: str = ""  # set by the registry
@@ -196,6 +198,8 @@ class Space(abc.ABC):
             caps.add("table")
         if callable(getattr(self, "block_topologies", None)):
             caps.add("topology")
+        if all(callable(getattr(self, m, None)) for m in ("stage_relus", "treat_stages", "scale_channels")):
+            caps.add("relu_stages")
         return caps
 
     def require(self, capability: str, who: str) -> None:

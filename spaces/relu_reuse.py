@@ -14,7 +14,9 @@ block the treatment of its two ReLUs (``s{k}_b{j}_relu``):
   as they are (feature reuse), a 1/N fraction through a 3x3 conv, BN and ReLU, and the
   rest through a 3x3 conv and BN; each group's output is added to the next group's input
   (on the channels they share: a shortcut from one feature subspace to the next). Shapes
-  are kept and the ReLUs fall by exactly N; the width must be divisible by 4 and by N.
+  are kept and the ReLUs fall by exactly N; the width must be divisible by 4 and by N;
+- ``thin_reuse2`` .. ``thin_reuse16``: thinned, and ReLU-reuse in place of the ReLU that
+  thinning keeps (Algorithm 2 applies ReLU-reuse to the thinned network).
 
 ReLU counts (:meth:`ReLUReuseSpace.stage_relus`) follow the paper: per image, stage 1
 includes the stem's ReLU. Presets at ``grid=published``: ResNet18 with m = 16, 32, 64
@@ -35,7 +37,8 @@ from nas import Arch, Decision, NASError, OpSpec, Space, register_op_kind, regis
 from nas.ops import LayeredOpKind, build_sequential, conv_out
 from nas.space import number_list
 
-TREATMENTS = ("keep", "thin", "cull", "reuse2", "reuse4", "reuse8", "reuse16")
+TREATMENTS = ("keep", "thin", "cull", "reuse2", "reuse4", "reuse8", "reuse16", "thin_reuse2", "thin_reuse4",
+              "thin_reuse8", "thin_reuse16")
 STAGE_STRIDES = (1, 2, 2, 2)
 #: Table 5's HRN networks (alpha, beta, gamma), all with m = 16 and phi = 2.
 HRN_TABLE5 = ((2, 7, 2), (3, 7, 2), (4, 7, 2), (5, 7, 2), (6, 7, 2), (7, 7, 2), (2, 6, 2), (3, 6, 2), (4, 6, 2),
@@ -44,7 +47,14 @@ HRN_TABLE5 = ((2, 7, 2), (3, 7, 2), (4, 7, 2), (5, 7, 2), (6, 7, 2), (7, 7, 2), 
 
 
 def reuse_factor(treatment: str) -> int:
-    return int(treatment[len("reuse"):]) if treatment.startswith("reuse") else 1
+    """N of a ReLU-reuse treatment (``reuse8``, ``thin_reuse8``); 1 for the others."""
+    _, found, factor = treatment.partition("reuse")
+    return int(factor) if found else 1
+
+
+def drops_relu(treatment: str, inner: bool) -> bool:
+    """Whether ``treatment`` removes the block's inner (or its outer) ReLU."""
+    return treatment == "cull" or (inner and treatment.startswith("thin"))
 
 
 def reuse_groups(channels: int, factor: int) -> tuple[int, int, int]:
@@ -80,7 +90,7 @@ class ReLUReuse(nn.Module):
 
 
 def relu_unit(channels: int, treatment: str, inner: bool) -> nn.Module:
-    if treatment == "cull" or (treatment == "thin" and inner):
+    if drops_relu(treatment, inner):
         return nn.Identity()
     factor = reuse_factor(treatment)
     return ReLUReuse(channels, factor) if factor > 1 else nn.ReLU()
@@ -113,7 +123,7 @@ class BasicBlockOp(LayeredOpKind):
 
     @staticmethod
     def _relu_rows(c, hw, treatment, inner):
-        if treatment == "cull" or (treatment == "thin" and inner):
+        if drops_relu(treatment, inner):
             return []
         factor = reuse_factor(treatment)
         if factor == 1:
@@ -140,8 +150,9 @@ class BasicBlockOp(LayeredOpKind):
 
 
 GRIDS = {
-    # For the embedded data sets; small enough that a LUT lists every layer.
-    "small": {"ms": (16,), "alphas": (2, 4), "betas": (2, 4), "gammas": (2,), "phis": (1, 2),
+    # For the embedded data sets; small enough that a LUT lists every layer. m = 8 is
+    # DeepReDuce's channel scaling (by 0.5) of the m = 16 networks.
+    "small": {"ms": (8, 16), "alphas": (2, 4), "betas": (2, 4), "gammas": (2,), "phis": (1, 2),
               "treatments": TREATMENTS},
     # Table 5's HRNs, ResNet18 BaseCh (m up to 256) and StageCh (factors up to 7).
     "published": {"ms": (16, 32, 64, 128, 256), "alphas": (2, 3, 4, 5, 6, 7), "betas": (2, 3, 4, 5, 6, 7, 9),
@@ -274,6 +285,23 @@ class ReLUReuseSpace(Space):
             elif op.name.startswith("stage"):
                 counts[int(op.name[5]) - 1] += op.nonlinear()
         return counts
+
+    def treat_stages(self, arch, stages, treatment: str) -> Arch:
+        """``arch`` with every block of ``stages`` (1-based) under ``treatment``."""
+        if treatment not in self.treatments:
+            raise NASError(f"relu_reuse: treatment {treatment!r} is not among this space's treatments: "
+                           f"{', '.join(self.treatments)}")
+        return self.validate(arch.replace(**{f"s{k}_b{j}_relu": treatment for k in stages
+                                             for j in range(1, arch[f"phi{k}"] + 1)}))
+
+    def scale_channels(self, arch, factor: float) -> Arch:
+        """``arch`` with every stage's width scaled by ``factor`` (through ``m``; DeepReDuce's
+        channel scaling), which must give one of the space's ``ms``."""
+        m = arch["m"] * factor
+        if m != int(m) or int(m) not in self.ms:
+            raise NASError(f"relu_reuse: scaling m = {arch['m']} by {factor:g} gives {m:g}, which is not among "
+                           f"space.ms ({', '.join(map(str, self.ms))}); add it to space.ms")
+        return self.validate(arch.replace(m=int(m)))
 
     def _presets(self):
         def net(m, a, b, g, phi=2):

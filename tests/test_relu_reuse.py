@@ -96,6 +96,10 @@ def test_relu_reuse_keeps_shapes_and_divides_relus(factor):
     assert space.stage_relus(reused)[:2] == space.stage_relus(base)[:2]
     model = space.build(reused)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 100)
+    # on a thinned network (Algorithm 2): the one ReLU left per block falls by the factor
+    thin_reused = space.treat_stages(base, [3], f"thin_reuse{factor}")
+    assert space.stage_relus(thin_reused)[2] * factor * 2 == space.stage_relus(base)[2]
+    assert space.build(thin_reused)(torch.randn(1, 3, 32, 32)).shape == (1, 100)
 
 
 def test_thin_cull_and_invalid_reuse_width():
@@ -112,6 +116,13 @@ def test_thin_cull_and_invalid_reuse_width():
     rng = np.random.default_rng(0)
     for _ in range(50):
         odd.check(odd.sample(rng))
+    small = nas.get_space("relu_reuse")  # its ms hold 8: DeepReDuce's channel scaling of m = 16
+    halved = small.scale_channels(small.preset("resnet18_m16"), 0.5)
+    assert small.stage_relus(halved) == [c // 2 for c in small.stage_relus(small.preset("resnet18_m16"))]
+    with pytest.raises(NASError, match=r"gives 8, which is not among space.ms \(16, 32, 64, 128, 256\)"):
+        space.scale_channels(base, 0.5)
+    with pytest.raises(NASError, match="not among this space's treatments"):
+        nas.get_space("relu_reuse", treatments=["keep", "thin"]).treat_stages(base, [1], "cull")
 
 
 def test_any_searcher_under_a_relu_budget():
@@ -123,4 +134,4 @@ def test_any_searcher_under_a_relu_budget():
                         data=data, budget=budget, seed=0)
     assert result.n_evals == 3 and all(e.cost <= budget for e in result.history)
     cost, arch, exact = space.min_cost(nas.get_cost_model("relu"))
-    assert exact and cost == 16 * data.resolution ** 2  # only the stem's ReLUs are left
+    assert exact and cost == min(space.ms) * data.resolution ** 2  # only the narrowest stem's ReLUs are left
