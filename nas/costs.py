@@ -116,3 +116,79 @@ class Roofline(CostModel):
         if self.ridge_point is not None:
             return float(max(macs, self.ridge_point * nbytes))
         return 1e3 * max(macs / self.peak_macs, nbytes / self.peak_bw)
+
+
+@register_cost_model("pi")
+class PrivateInference(CostModel):
+    """Private-inference latency in ms: ``relu_ms`` per ReLU (the non-linear layers'
+    garbled circuits or secure comparisons) plus ``mac_ms`` per MAC (the linear layers'
+    secret-shared or homomorphic evaluation), summed over layers.
+
+    The coefficients depend on the protocol, the network link and the machines, so they
+    have no defaults: give both, or ``measurements``, a CSV file of whole-network private
+    inference measurements with columns ``relus``, ``macs`` and ``ms`` (at least two rows
+    that are not proportional), from which they are fitted by non-negative least squares.
+    """
+
+    unit = "ms"
+
+    def __init__(self, relu_ms: float | None = None, mac_ms: float | None = None, measurements: str | None = None):
+        given = relu_ms is not None or mac_ms is not None
+        if given and measurements is not None:
+            raise NASError("pi takes either relu_ms and mac_ms, or measurements (a CSV to fit them from), not both")
+        if measurements is not None:
+            relu_ms, mac_ms, self.fit_error = fit_pi_coefficients(measurements)
+        elif relu_ms is None or mac_ms is None:
+            raise NASError("cost model 'pi' needs relu_ms and mac_ms (ms per ReLU and per MAC of your private-inference "
+                           "protocol), or measurements: a CSV with columns relus, macs, ms to fit them from")
+        else:
+            self.fit_error = None
+        for field, value in (("relu_ms", relu_ms), ("mac_ms", mac_ms)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise NASError(f"pi {field} must be a number >= 0 (ms), got {value!r}")
+        self.relu_ms, self.mac_ms = float(relu_ms), float(mac_ms)
+
+    def op_cost(self, op):
+        return self.relu_ms * op.nonlinear() + self.mac_ms * op.macs()
+
+    def describe(self) -> str:
+        return f"{self.name} (ms: {self.relu_ms:.4g} per ReLU + {self.mac_ms:.4g} per MAC)"
+
+
+def fit_pi_coefficients(path) -> tuple[float, float, float]:
+    """(ms per ReLU, ms per MAC, mean relative error of the fit) from a CSV of measured
+    networks with columns ``relus``, ``macs``, ``ms``; non-negative least squares."""
+    import csv
+    from pathlib import Path
+
+    import numpy as np
+    from scipy.optimize import nnls
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise NASError(f"pi measurements {str(path)!r} does not exist")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in ("relus", "macs", "ms") if c not in (reader.fieldnames or ())]
+        if missing:
+            raise NASError(f"pi measurements {str(path)!r} needs columns relus, macs, ms; it lacks {', '.join(missing)}")
+        rows = []
+        for row in reader:
+            try:
+                rows.append([float(row["relus"]), float(row["macs"]), float(row["ms"])])
+            except ValueError:
+                raise NASError(f"pi measurements {str(path)!r}: line {reader.line_num} has a value that is not a "
+                               f"number: {row}") from None
+    data = np.array(rows, dtype=float).reshape(-1, 3)
+    if len(data) < 2 or np.linalg.matrix_rank(data[:, :2]) < 2:
+        raise NASError(f"pi measurements {str(path)!r} must hold at least two networks whose ReLU and MAC counts "
+                       "are not proportional, to separate the two coefficients")
+    if (data < 0).any():
+        raise NASError(f"pi measurements {str(path)!r} has negative values")
+    # Scale the columns so that ReLUs (1e4-1e6) and MACs (1e7-1e10) weigh alike in the solve.
+    scale = data[:, :2].max(axis=0)
+    (relu_ms, mac_ms), _ = nnls(data[:, :2] / scale, data[:, 2])
+    relu_ms, mac_ms = relu_ms / scale[0], mac_ms / scale[1]
+    predicted = data[:, 0] * relu_ms + data[:, 1] * mac_ms
+    error = float(np.mean(np.abs(predicted - data[:, 2]) / np.maximum(data[:, 2], 1e-12)))
+    return float(relu_ms), float(mac_ms), error

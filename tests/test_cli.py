@@ -44,6 +44,10 @@ def test_help_lists_plugins(tmp_path, cli_env):
      "searcher.budgets[0] names 'flops'; accepted: macs, params, cost"),
     (["space=rexnet", "target=macs", "searcher=random", "space.grid=huge"], "unknown grid 'huge'; accepted:"),
     (NB201 + ["arch=no_such_preset"], "arch='no_such_preset' is neither a preset of space 'nb201' ('resnet') nor a path"),
+    (NB201 + ["target=pi"], "cost model 'pi' needs relu_ms and mac_ms"),
+    (["space=relu_reuse", "searcher=deepreduce", "searcher.base=resnet99"],
+     "searcher.base='resnet99' is neither a preset of space 'relu_reuse'"),
+    (["space=uib", "searcher=deepreduce"], "searcher 'deepreduce' needs a space with 'relu_stages'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, cli_env, args, message):
     out = run_cli(args, tmp_path, cli_env)

@@ -112,3 +112,47 @@ def test_memory_of_mbconv_block_sums_its_layers():
 def test_roofline_rejects_non_numbers():
     with pytest.raises(NASError, match="ridge_point must be a number"):
         nas.get_cost_model("roofline", ridge_point="fast")
+
+
+def test_private_inference_latency_is_relus_and_macs_weighted():
+    space = nas.get_space("relu_reuse", grid="published", num_classes=100)
+    arch = space.preset("hrn_5x7x2x")
+    ops = space.ops(arch)
+    relus, macs = sum(op.nonlinear() for op in ops), sum(op.macs() for op in ops)
+    pi = nas.get_cost_model("pi", relu_ms=2e-4, mac_ms=3e-9)
+    assert pi.cost(ops) == pytest.approx(2e-4 * relus + 3e-9 * macs) and pi.unit == "ms"
+    assert relus == sum(space.stage_relus(arch))
+
+
+def test_private_inference_coefficients_fitted_from_measurements(tmp_path):
+    rng = np.random.default_rng(0)
+    relus = rng.uniform(1e4, 5e5, 12)
+    macs = rng.uniform(1e7, 2e9, 12)
+    ms = (4e-4 * relus + 2e-9 * macs) * rng.uniform(0.99, 1.01, 12)
+    path = tmp_path / "pi.csv"
+    path.write_text("relus,macs,ms\n" + "".join(f"{r},{m},{t}\n" for r, m, t in zip(relus, macs, ms)))
+    pi = nas.get_cost_model("pi", measurements=str(path))
+    assert pi.relu_ms == pytest.approx(4e-4, rel=0.02) and pi.mac_ms == pytest.approx(2e-9, rel=0.05)
+    assert pi.fit_error < 0.01
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({}, "needs relu_ms and mac_ms"),
+    ({"relu_ms": 1e-4}, "needs relu_ms and mac_ms"),
+    ({"relu_ms": -1.0, "mac_ms": 0.0}, "relu_ms must be a number >= 0"),
+    ({"relu_ms": 1e-4, "mac_ms": 1e-9, "measurements": "x.csv"}, "not both"),
+    ({"measurements": "missing.csv"}, "does not exist"),
+])
+def test_private_inference_bad_config(cfg, message):
+    with pytest.raises(NASError, match=message):
+        nas.get_cost_model("pi", **cfg)
+
+
+def test_private_inference_measurements_must_separate_the_coefficients(tmp_path):
+    path = tmp_path / "pi.csv"
+    path.write_text("relus,macs,ms\n1000,2000000,1.0\n2000,4000000,2.0\n")
+    with pytest.raises(NASError, match="not proportional"):
+        nas.get_cost_model("pi", measurements=str(path))
+    path.write_text("relus,ms\n1000,1.0\n")
+    with pytest.raises(NASError, match="lacks macs"):
+        nas.get_cost_model("pi", measurements=str(path))
