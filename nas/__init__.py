@@ -15,6 +15,7 @@ from nas.arch import Arch, Decision
 from nas.costs import CostModel
 from nas.errors import NASError
 from nas.evaluators import BenchmarkTable, Evaluator, Score
+from nas.export import SavedModel, export_onnx, load
 from nas.ledger import Evaluation, Ledger
 from nas.ops import OpSpec, register_op_kind
 from nas.registry import (COST_MODELS, DATASETS, EVALUATORS, SEARCHERS, SPACES, register_cost_model,
@@ -96,5 +97,6 @@ __all__ = [
     "SearchResult", "Evaluation", "Ledger", "BenchmarkTable", "NASError", "register_space", "register_searcher",
     "register_cost_model", "register_evaluator", "register_dataset", "register_op_kind", "get_space",
     "get_searcher", "get_cost_model", "get_evaluator", "get_dataset", "list_spaces", "list_searchers",
-    "list_cost_models", "list_evaluators", "list_datasets", "search", "run_search",
+    "list_cost_models", "list_evaluators", "list_datasets", "search", "run_search", "load", "export_onnx",
+    "SavedModel",
 ]

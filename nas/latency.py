@@ -153,19 +153,12 @@ def _onnxruntime_session(module: nn.Module, x: torch.Tensor, threads: int) -> di
     except ImportError:
         raise NASError("the onnxruntime latency backend needs the onnxruntime and onnx packages: "
                        "pip install 'hwnas[onnx]'") from None
-    import io
-    import warnings
+    from nas.export import onnx_bytes
 
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript-based exporter is deprecated in favour of torch.export, which
-        # needs the onnxscript package on top; it exports these plain CNN layers exactly.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (x,), buffer, dynamo=False, input_names=["x"])
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(onnx_bytes(module, x), options, providers=["CPUExecutionProvider"])
     return {"session": session, "feed": {"x": x.numpy()}}
 
 

@@ -12,8 +12,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 from nas.search import SearchResult  # noqa: E402
 
 
-def plot_pareto(result: SearchResult, path, cost_label: str, quality_label: str, title: str = "") -> Path:
-    """Every evaluation as a point, the front as a step line, the best starred."""
+def _save(fig, path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(result: SearchResult, path, cost_label: str, quality_label: str, title: str = "",
+                references: list[tuple[str, float]] = ()) -> Path:
+    """Every evaluation as a point, the front as a step line, the best starred;
+    ``references`` (e.g. the space's presets as ``(name, cost)``) as labelled vertical
+    lines at their cost: those within a factor 4 of the evaluated costs, at most 12."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     feas = [e for e in result.history if e.feasible]
     infeas = [e for e in result.history if not e.feasible]
@@ -33,17 +44,26 @@ def plot_pareto(result: SearchResult, path, cost_label: str, quality_label: str,
                    label="best")
     if result.budget is not None:
         ax.axvline(result.budget, c="tab:red", ls="--", lw=1, label="budget")
+    if references and result.history:
+        costs = [e.cost for e in result.history]
+        lo, hi = min(costs), max(costs)
+        by_cost: dict[float, list[str]] = {}
+        for name, cost in references:
+            if lo / 4 <= cost <= hi * 4:
+                by_cost.setdefault(cost, []).append(name)  # presets that are one network share a line
+        near = sorted(by_cost.items())
+        step = max(1, -(-len(near) // 12))
+        for i, (cost, names) in enumerate(near[::step]):
+            ax.axvline(cost, c="tab:green", ls=":", lw=0.8, label="presets" if i == 0 else None)
+            ax.text(cost, 0.98, " = ".join(names) + " ", rotation=90, fontsize=6, color="tab:green", va="top",
+                    ha="right", transform=ax.get_xaxis_transform())
     ax.set_xlabel(cost_label)
     ax.set_ylabel(quality_label)
     if title:
         ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_trajectory(trajectory: list[dict], path, title: str = "") -> Path | None:
@@ -70,8 +90,22 @@ def plot_trajectory(trajectory: list[dict], path, title: str = "") -> Path | Non
     if title:
         ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def plot_layer_costs(ops, cost_model, path, cost_label: str, title: str = "") -> Path:
+    """Each layer's cost under ``cost_model`` (a LUT's ms, MACs, ReLUs, ...) as a bar, in
+    network order; the whole network's cost (with the model's overhead) in the title."""
+    ops = list(ops)
+    costs = [cost_model.op_cost(op) for op in ops]
+    fig, ax = plt.subplots(figsize=(6.4, min(20.0, 1.2 + 0.2 * len(ops))), dpi=120)
+    ax.barh(range(len(ops)), costs, color="tab:blue")
+    ax.set_yticks(range(len(ops)), [op.name for op in ops], fontsize=6 if len(ops) > 30 else 8)
+    ax.invert_yaxis()
+    unit = cost_model.unit or "cost"
+    ax.set_xlabel(f"{cost_label} per layer")
+    total = cost_model.cost(ops)
+    ax.set_title((f"{title}\n" if title else "") + f"total {total:.4g} {unit} (overhead "
+                 f"{cost_model.overhead():.3g})", fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)

@@ -242,7 +242,7 @@ def make_components(cfg: dict, need=("searcher", "evaluator", "space", "cost_mod
 def execute(cfg: dict):
     """Run one search from a resolved config dict; write the run directory; return the result."""
     from nas.ledger import Ledger
-    from nas.plot import plot_pareto, plot_trajectory
+    from nas.plot import plot_layer_costs, plot_pareto, plot_trajectory
     from nas.search import SearchProblem, run_search
 
     parts = make_components(cfg)
@@ -309,7 +309,11 @@ def execute(cfg: dict):
     if result.best is not None:
         (run_dir / "arch.json").write_text(result.best.arch.to_json(space=space.name, indent=2))
     plot_pareto(result, run_dir / "pareto.png", f"{target['name']} ({cost_model.unit})", evaluator.metric,
-                f"{space.name} / {searcher.name} / {cfg['run_name']}")
+                f"{space.name} / {searcher.name} / {cfg['run_name']}", preset_costs(space, cost_model))
+    if result.best is not None:
+        plot_layer_costs(space.ops(result.best.arch), cost_model, run_dir / "layers.png",
+                         f"{target['name']} ({cost_model.unit})", f"best of {cfg['run_name']}")
+    onnx_note = export_model(run_dir) if weights is not None else None
     plot_trajectory(result.extras.get("trajectory", []), run_dir / "trajectory.png",
                     f"{space.name} / {searcher.name} / {cfg['run_name']}")
 
@@ -323,8 +327,38 @@ def execute(cfg: dict):
               f"trial {b.trial}: {b.arch.to_json()}")
     for line in result.extras.get("report", []):  # the searcher's own summary
         print(line)
-    print(f"pareto front: {len(result.pareto)} architectures (result.json, pareto.png)")
+    print(f"pareto front: {len(result.pareto)} architectures (result.json, pareto.png"
+          + (", layers.png: the best's cost per layer)" if result.best is not None else ")"))
+    if onnx_note:
+        print(onnx_note)
     return result
+
+
+def preset_costs(space, cost_model) -> list[tuple[str, float]]:
+    """(name, cost) of the space's presets that ``cost_model`` can price (a LUT may lack
+    the layers of presets outside the space's default grid)."""
+    costs = []
+    for name in space.presets():
+        try:
+            costs.append((name, cost_model.cost(space.ops(space.preset(name)))))
+        except NASError:
+            continue
+    return costs
+
+
+def export_model(run_dir) -> str | None:
+    """Export the run's best model to ONNX when the onnx package is installed; a failed
+    export is reported, never fatal (the run's results are written by then)."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return None
+    from nas.export import export_onnx
+
+    try:
+        return f"ONNX export: {export_onnx(run_dir)}"
+    except Exception as exc:  # an exporter limitation must not fail a finished search
+        return f"ONNX export failed ({type(exc).__name__}: {_first_line(exc)}); model.pt is intact"
 
 
 def _hydra_task(cfg) -> None:

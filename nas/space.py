@@ -33,6 +33,23 @@ def number_list(values, where: str, field: str, kind=int, minimum: float = 1, di
     return out
 
 
+#: What a space implements to offer each optional capability (for the error a searcher
+#: gives when a space lacks one). Spaces declare ``supernet``, ``relaxed`` and ``layerwise``
+#: by adding them in :meth:`Space.capabilities`; the others are detected.
+CAPABILITY_METHODS = {
+    "presets": "_presets() returning {name: {decision: option}}",
+    "table": "benchmark_table(path=None) returning a nas.BenchmarkTable, and table_key(arch)",
+    "supernet": "supernet() returning a module with forward(x, arch), optimizer(lr, momentum, weight_decay) and "
+                "export(arch), and 'supernet' added in capabilities()",
+    "relaxed": "relaxed(base=None, seed=0, **options) returning a nas.relax.Relaxation, and 'relaxed' added in "
+               "capabilities()",
+    "layerwise": "layer_decisions(), reference_option, teacher_chain(), layer_ops(layer, option), fixed_ops() and "
+                 "parameter_free(layer, option) (see nas.layerwise), and 'layerwise' added in capabilities()",
+    "topology": "block_topologies(arch) returning a nas.nnmass.BlockTopology per block",
+    "relu_stages": "stage_relus(arch), treat_stages(arch, stages, treatment) and scale_channels(arch, factor)",
+}
+
+
 class Space(abc.ABC):
     """A search space: decisions, sampling, validation, model building and costing.
 
@@ -205,9 +222,11 @@ class Space(abc.ABC):
     def require(self, capability: str, who: str) -> None:
         """Raise a NASError naming the missing capability (called by searchers/evaluators)."""
         if capability not in self.capabilities():
+            how = CAPABILITY_METHODS.get(capability)
             raise NASError(
                 f"{who} needs a space with {capability!r}, and space {self.name!r} does not offer it "
                 f"(it offers: {', '.join(sorted(self.capabilities())) or 'nothing optional'})"
+                + (f"; to offer it, implement {how}" if how else "")
             )
 
     def all_ops(self, samples: int = 2000, seed: int = 0) -> list[OpSpec]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from nas import NASError, Searcher, register_searcher
 from nas.nnmass import nn_mass
+from nas.report import si
 
 BUDGET_METRICS = ("macs", "params", "cost")
 
@@ -45,14 +46,6 @@ def _parse_budgets(budgets) -> list[dict[str, float]]:
     if not parsed:
         raise NASError("searcher.budgets is empty; give at least one, e.g. [{macs: 3.3e9, params: 21e6}]")
     return parsed
-
-
-def si(value: float, digits: int = 4) -> str:
-    """``3.3e9`` -> ``3.3G``, ``2.05e6`` -> ``2.05M``."""
-    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.{digits}g}{prefix}"
-    return f"{value:.{digits}g}"
 
 
 def describe_budget(budget: dict, unit: str) -> str:

@@ -2,8 +2,11 @@
 
 import json
 import sqlite3
+import subprocess
+import sys
 import textwrap
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -111,6 +114,31 @@ def test_training_run_saves_loadable_best_model(tmp_path, cli_env):
     model = space.build(nas.Arch(saved["arch"]))
     model.load_state_dict(saved["state_dict"])
     assert saved["arch_key"] == result["best"]["arch_key"]
+    # one call loads it back; the ONNX export computes the same logits
+    loaded, arch, loaded_space = nas.load(run_dir)
+    assert arch.key() == result["best"]["arch_key"] and loaded_space.input_shape == (3, 16, 16)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        assert torch.equal(loaded(x), expected)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"x": x.numpy()})
+    assert np.allclose(logits, expected.numpy(), atol=1e-4)
+    assert (run_dir / "layers.png").stat().st_size > 0
+    # the front as a table
+    report = subprocess.run([sys.executable, "-m", "nas.report", str(run_dir)], capture_output=True, text=True,
+                            env=cli_env)
+    assert report.returncode == 0, report.stderr
+    rows = [line for line in report.stdout.splitlines() if line[:8].strip().lstrip("* ").isdigit()]
+    assert len(rows) == len(result["pareto"])
+    assert sum(line.startswith("*") for line in rows) == 1
+    missing = subprocess.run([sys.executable, "-m", "nas.report", str(tmp_path / "nope")], capture_output=True,
+                             text=True, env=cli_env)
+    assert missing.returncode == 2 and "has no result.json" in missing.stderr
+    with pytest.raises(nas.NASError, match="cannot load a model"):
+        nas.load(tmp_path / "nope")
 
 
 def test_third_party_space_from_cli(tmp_path, cli_env):

@@ -1,0 +1,78 @@
+"""``python -m nas.report RUN_DIR``: the Pareto front of a finished run as a table.
+
+One row per architecture on the quality-cost front (cheapest first), with its trial,
+quality, cost, MACs, parameters and the decisions in which it differs from the first row
+of the front (the whole of the first row's decisions are printed above the table), from
+the run's ``result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from nas.errors import USER_ERROR_EXIT_CODE, NASError
+
+
+def read_result(run_dir) -> dict:
+    path = Path(run_dir).expanduser() / "result.json"
+    if not path.is_file():
+        raise NASError(f"{str(run_dir)!r} is not a finished run directory: it has no result.json")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise NASError(f"{str(path)!r} is not valid JSON: {exc}") from None
+
+
+def si(value: float, digits: int = 4) -> str:
+    """``3.3e9`` -> ``3.3G``, ``2.05e6`` -> ``2.05M``."""
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.{digits}g}{prefix}"
+    return f"{value:.{digits}g}"
+
+
+def front_table(result: dict) -> list[str]:
+    """The lines of the table (see the module docstring)."""
+    front = result.get("pareto") or []
+    metric = result.get("quality_metric", "quality")
+    cost = f"{result.get('target') or result.get('cost_model') or 'cost'} ({result.get('cost_unit', '')})"
+    lines = [f"run {result.get('run_name')}: space {result.get('space')}, searcher {result.get('searcher')}, "
+             f"{result.get('n_evals')} evaluations, {len(front)} on the front"
+             + (f", budget {result['budget']:g}" if result.get("budget") is not None else "")]
+    if not front:
+        return lines + ["(no architecture within the budget)"]
+    reference = front[0]["arch"]
+    lines.append(f"first row's decisions: {json.dumps(reference)}")
+    best_key = (result.get("best") or {}).get("arch_key")
+    header = f"{'':2}{'trial':>6} {metric:>10} {cost:>18} {'MACs':>8} {'params':>8}  decisions (vs first row)"
+    lines += [header, "-" * len(header)]
+    for e in front:
+        diff = {k: v for k, v in e["arch"].items() if reference.get(k) != v}
+        mark = "* " if e.get("arch_key") == best_key else "  "
+        metrics = e.get("metrics") or {}
+        lines.append(f"{mark}{e.get('trial', '-')!s:>6} {e['quality']:>10.4f} {e['cost']:>18.6g} "
+                     f"{si(metrics['macs'], 3) if 'macs' in metrics else '-':>8} "
+                     f"{si(metrics['params'], 3) if 'params' in metrics else '-':>8}  "
+                     + (" ".join(f"{k}={v}" for k, v in diff.items()) or "(first row)"))
+    lines.append("* best: highest quality within the budget")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        print("usage: python -m nas.report RUN_DIR", file=sys.stderr if len(argv) != 1 else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else USER_ERROR_EXIT_CODE
+    try:
+        lines = front_table(read_result(argv[0]))
+    except NASError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
