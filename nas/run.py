@@ -244,6 +244,7 @@ def execute(cfg: dict):
     from nas.ledger import Ledger
     from nas.plot import plot_layer_costs, plot_pareto, plot_trajectory
     from nas.search import SearchProblem, run_search
+    from nas.tracking import make_logger
 
     parts = make_components(cfg)
     searcher, evaluator, space, data = parts["searcher"], parts["evaluator"], parts["space"], parts["data"]
@@ -268,6 +269,13 @@ def execute(cfg: dict):
     n_before = len(ledger)
     model_path = run_dir / "model.pt"
 
+    tracker = make_logger(cfg, run_dir, evaluator.metric, f"{target['name']} ({cost_model.unit})")
+
+    def on_evaluation(evaluation, model, best_before):
+        save_best_model(evaluation, model, best_before)
+        if tracker is not None:
+            tracker.log_evaluation(evaluation, best_before)
+
     def save_best_model(evaluation, model, best_before):
         if not cfg.get("save_model", True) or model is None or not evaluation.feasible:
             return
@@ -279,17 +287,22 @@ def execute(cfg: dict):
                           "arch_key": evaluation.arch.key(), "state_dict": model.state_dict()}, model_path)
 
     problem = SearchProblem(space, cost_model, evaluator, ledger, cfg.get("budget"), cfg["seed"],
-                            bool(cfg.get("progress", True)), save_best_model, run_dir)
+                            bool(cfg.get("progress", True)), on_evaluation, run_dir)
     if n_before:
         print(f"resuming run {cfg['run_name']!r}: {n_before} evaluations in its ledger", file=sys.stderr)
-    if cfg.get("arch"):
-        # Evaluate one given architecture instead of searching.
-        arch = load_arch(cfg["arch"], space)
-        problem.check_budget()
-        problem.evaluate(arch)
-        result = problem.result(searcher=None, reused_from_ledger=problem.n_reused)
-    else:
-        result = run_search(searcher, problem)
+    try:
+        if cfg.get("arch"):
+            # Evaluate one given architecture instead of searching.
+            arch = load_arch(cfg["arch"], space)
+            problem.check_budget()
+            problem.evaluate(arch)
+            result = problem.result(searcher=None, reused_from_ledger=problem.n_reused)
+        else:
+            result = run_search(searcher, problem)
+    except BaseException:
+        if tracker is not None:
+            tracker.abort()
+        raise
 
     weights = None
     if result.best is not None and model_path.exists():
@@ -331,6 +344,9 @@ def execute(cfg: dict):
           + (", layers.png: the best's cost per layer)" if result.best is not None else ")"))
     if onnx_note:
         print(onnx_note)
+    if tracker is not None:
+        tracker.finish(result, summary)
+        print(f"W&B: logged {tracker.mode} as {tracker.name!r} ({tracker.dir})")
     return result
 
 
