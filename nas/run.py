@@ -9,6 +9,7 @@ stderr and exit code 2; nothing already in the ledger is lost.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -87,7 +88,8 @@ def help_text() -> str:
         "",
         "Top-level fields: seed, budget (cost limit in the target's unit), run_name, output_dir,",
         "storage (Optuna storage URL; default SQLite in the run directory), progress, save_model, plugins,",
-        "arch (evaluate one architecture, a preset name or an arch JSON file, instead of searching).",
+        "arch (evaluate one architecture, a preset name or an arch JSON file, instead of searching),",
+        "decisions.NAME=VALUE (set one decision of that architecture, or of the space's default one).",
         "Any field of a group is overridable: searcher.n_evals=50, evaluator.epochs=1, data.path=...",
         "Re-running with the same run_name resumes: finished evaluations are not repeated.",
         "",
@@ -197,6 +199,52 @@ def load_arch(value: str, space, field: str = "arch"):
     return space.validate(Arch.from_json(path.read_text()))
 
 
+def with_decisions(space, base, decisions: dict):
+    """``base`` with the decisions named in ``decisions`` (from ``decisions.NAME=VALUE``
+    overrides, values as Hydra parsed them) replaced; each value must be one of the
+    decision's options."""
+    from nas.arch import Arch
+
+    if not isinstance(decisions, dict):
+        raise NASError(f"decisions must map decision names to options, got {decisions!r}")
+    by_name = {d.name: d for d in space.decisions()}
+    values = dict(base)
+    for name, value in decisions.items():
+        if name not in by_name:
+            raise NASError(f"decisions.{name}: space {space.name!r} has no decision {name!r}; "
+                           f"its decisions: {', '.join(by_name)}")
+        options = by_name[name].options
+        # Hydra reads 3 as int and 0.5 as float; an option matches by value and kind
+        match = [o for o in options if o == value and isinstance(o, bool) == isinstance(value, bool)]
+        if not match:
+            raise NASError(f"decisions.{name}={value!r} is not an option; accepted: {one_of(options)}")
+        values[name] = match[0]
+    return space.validate(Arch(values))
+
+
+def decision_overrides(argv: list[str]) -> list[str]:
+    """``decisions.NAME=VALUE`` adds a key to the (empty) ``decisions`` node, which Hydra
+    writes as ``+decisions.NAME=VALUE``; both spellings are accepted, so a W&B sweep's
+    ``${args_no_hyphens}`` and a hand-written ``--multirun`` read the same."""
+    return ["+" + a if a.startswith("decisions.") else a for a in argv]
+
+
+def digest(key: str, *, _root_) -> str:
+    """``${digest:KEY}``: a short stable name for the config value at KEY, used in the run
+    names of sweeps over decisions (one run directory per architecture)."""
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(_root_, key)
+    plain = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("digest", digest, replace=True)
+
+
 def make_components(cfg: dict, need=("searcher", "evaluator", "space", "cost_model")) -> dict:
     """The plug-ins a resolved config names: searcher, evaluator, data (when needed), space
     (fields left null filled from the data set) and the target's cost model."""
@@ -249,7 +297,8 @@ def execute(cfg: dict):
     parts = make_components(cfg)
     searcher, evaluator, space, data = parts["searcher"], parts["evaluator"], parts["space"], parts["data"]
     cost_model, target = parts["cost_model"], cfg["target"]
-    if not cfg.get("arch"):  # arch=...: one evaluation, no searcher runs
+    one_arch = bool(cfg.get("arch") or cfg.get("decisions"))  # one evaluation, no searcher runs
+    if not one_arch:
         searcher.check(space)  # before the run directory is made (run_search checks again for library callers)
     evaluator.bind(space, data)
 
@@ -291,9 +340,10 @@ def execute(cfg: dict):
     if n_before:
         print(f"resuming run {cfg['run_name']!r}: {n_before} evaluations in its ledger", file=sys.stderr)
     try:
-        if cfg.get("arch"):
+        if one_arch:
             # Evaluate one given architecture instead of searching.
-            arch = load_arch(cfg["arch"], space)
+            base = load_arch(cfg["arch"], space) if cfg.get("arch") else space.default_arch()
+            arch = with_decisions(space, base, cfg.get("decisions") or {})
             problem.check_budget()
             problem.evaluate(arch)
             result = problem.result(searcher=None, reused_from_ledger=problem.n_reused)
@@ -403,8 +453,10 @@ def _plugins_from_argv(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        argv = decision_overrides(argv)
         import_plugins(_plugins_from_argv(argv))
         register_config_nodes()
+        register_resolvers()
         if "--help" in argv or "-h" in argv:
             print(help_text())
             return 0

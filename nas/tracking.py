@@ -11,7 +11,7 @@ them).
 ``wandb login``'s entry in ``~/.netrc``) and otherwise offline, into the run directory,
 saying so; ``wandb sync`` uploads an offline run later. ``online`` and ``offline`` force
 a mode. The run's W&B id is derived from its directory, so a resumed run continues the
-same W&B run.
+same W&B run (under a sweep agent, the agent's id is kept). Sweeps: ``nas.sweep``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ class WandbLogger:
             if mode == "offline":
                 print(f"W&B: no credentials (WANDB_API_KEY or `wandb login`), logging offline to {run_dir / 'wandb'}; "
                       "upload later with `wandb sync`", file=sys.stderr)
-        run_id = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+        # A W&B sweep agent names the run it started (WANDB_RUN_ID); otherwise the id comes
+        # from the run directory, so a resumed run continues its W&B run.
+        run_id = os.environ.get("WANDB_RUN_ID") or hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
         self.metric, self.cost_label, self.run_dir = metric, cost_label, Path(run_dir)
         try:
             self.run = wandb.init(project=settings.get("project") or "hwnas", entity=settings.get("entity"),
