@@ -10,6 +10,7 @@ over by the next evaluation of the same Arch.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import warnings
@@ -165,3 +166,61 @@ class Ledger:
 
     def evaluations(self) -> list[Evaluation]:
         return sorted(self._complete.values(), key=lambda e: e.trial)
+
+
+class ProgressLog:
+    """A searcher's own progress (controller probabilities, architecture parameters,
+    losses) as a study beside its ledger, ``<ledger study>:progress``, in the same storage:
+    one trial per quantity (user attribute ``quantity``), its value at each logged step an
+    intermediate value, so the Optuna dashboard plots every quantity over the steps while
+    the search runs; the last value becomes the trial's value when the search ends. A
+    re-run of a finished search leaves the recorded progress as it is; a re-run of an
+    unfinished one writes the same steps again (same seed, same values)."""
+
+    def __init__(self, ledger: Ledger):
+        self.storage = ledger.storage
+        self.study_name = f"{ledger.study.study_name}:progress"
+        self._study_id: int | None = None
+        self._trials: dict[str, list] = {}  # quantity -> [trial id, finished, last value]
+
+    def _open(self) -> None:
+        study = optuna.create_study(storage=self.storage, study_name=self.study_name, load_if_exists=True)
+        self._study_id = self.storage.get_study_id_from_name(self.study_name)
+        for t in study.get_trials(deepcopy=False):
+            if "quantity" in t.user_attrs:
+                self._trials[t.user_attrs["quantity"]] = [t._trial_id, t.state.is_finished(), None]
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if self._study_id is None:
+            self._open()
+        for quantity, value in values.items():
+            entry = self._trials.get(quantity)
+            if entry is None:
+                template = create_trial(state=TrialState.RUNNING, user_attrs={"quantity": quantity})
+                entry = self._trials[quantity] = [self.storage.create_new_trial(self._study_id, template), False, None]
+            if entry[1] or not math.isfinite(value):
+                continue
+            self.storage.set_trial_intermediate_value(entry[0], int(step), float(value))
+            entry[2] = float(value)
+
+    def finish(self) -> None:
+        """Close the quantities' trials with their last values."""
+        for entry in self._trials.values():
+            if not entry[1] and entry[2] is not None:
+                self.storage.set_trial_state_values(entry[0], TrialState.COMPLETE, [entry[2]])
+                entry[1] = True
+
+
+def flat_progress(prefix: str, state: dict, options: dict | None = None) -> dict[str, float]:
+    """Named scalars from a searcher's state: ``{name: x}`` gives ``PREFIX name``, ``{name:
+    [p0, p1, ...]}`` (probabilities over a decision's options) gives ``PREFIX name=OPTION``
+    per option, the options taken from ``options[name]`` (else their indices)."""
+    values = {}
+    for name, value in state.items():
+        if isinstance(value, (list, tuple)):
+            labels = (options or {}).get(name) or range(len(value))
+            for label, v in zip(labels, value):
+                values[f"{prefix}{name}={label}"] = float(v)
+        else:
+            values[f"{prefix}{name}"] = float(value)
+    return values

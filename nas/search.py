@@ -14,7 +14,7 @@ from nas.arch import Arch
 from nas.costs import CostModel
 from nas.errors import NASError
 from nas.evaluators import Evaluator
-from nas.ledger import Evaluation, Ledger
+from nas.ledger import Evaluation, Ledger, ProgressLog
 from nas.space import Space
 
 
@@ -87,6 +87,13 @@ class SearchProblem:
         self._by_key: dict[str, Evaluation] = {}
         self.n_reused = 0
         self._bar = None
+        #: the searcher's own progress, plotted by the Optuna dashboard (see ``log_progress``)
+        self.progress = ProgressLog(self.ledger)
+
+    def log_progress(self, step: int, values: dict[str, float]) -> None:
+        """Record named scalars of the searcher's state at ``step`` (e.g. controller
+        probabilities, alphas, losses), beside the ledger as ``<run>:progress``."""
+        self.progress.log(step, values)
 
     # ---------------------------------------------------------------- budget
     def cost(self, arch: Arch) -> float:
@@ -198,6 +205,7 @@ def run_search(searcher: Searcher, problem: SearchProblem) -> SearchResult:
     finally:
         problem.end()
     problem.ledger.close_stale()
+    problem.progress.finish()
     result.extras.setdefault("searcher", searcher.name)
     result.extras.setdefault("reused_from_ledger", problem.n_reused)
     return result

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from nas import NASError, Searcher, register_searcher
+from nas.ledger import flat_progress
 from nas.lut import latency_report
 from nas.train import resolve_device, sample_batch
 
@@ -87,6 +88,7 @@ class Differentiable(Searcher):
         pool = torch.arange(len(data.train))
         every = max(1, self.steps // self.snapshots)
         trajectory = []
+        options = {d.name: d.options for d in space.decisions()}  # labels of a relaxation's probabilities
         bar = tqdm(total=self.steps, desc="differentiable", unit="step", disable=not problem.show_progress,
                    dynamic_ncols=True)
         try:
@@ -112,6 +114,11 @@ class Differentiable(Searcher):
                 if step % every == 0 or step == self.steps - 1:
                     trajectory.append({"step": step, "loss": task.item(), "penalty": penalty.item(),
                                        "expected_cost": float(expected.detach()), relaxation.state_kind: relaxation.state()})
+                    snapshot = trajectory[-1]
+                    problem.log_progress(step, {
+                        **{k: snapshot[k] for k in ("loss", "penalty", "expected_cost")},
+                        **flat_progress("P " if relaxation.state_kind == "probs" else "alpha ",
+                                        snapshot[relaxation.state_kind], options)})
                 bar.update(1)
                 bar.set_postfix(loss=f"{task.item():.3f}", cost=f"{float(expected.detach()):.4g}", refresh=False)
         finally:

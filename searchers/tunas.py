@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from nas import NASError, Searcher, register_searcher
+from nas.ledger import flat_progress
 from nas.lut import latency_report
 from nas.train import sample_batch
 
@@ -170,6 +171,7 @@ class TuNAS(Searcher):
                    for d in searched if all(isinstance(o, (int, float)) and not isinstance(o, bool) for o in d.options)}
         trajectory, rewards = [], []
         snapshot_every = max(1, self.steps // 10)
+        options = {d.name: d.options for d in searched}
 
         def arch_of(indices):
             return space.canonicalize(held.replace(**controller.values(indices)))
@@ -208,6 +210,8 @@ class TuNAS(Searcher):
             rewards.append(reward)
             if step % snapshot_every == 0 or step == self.steps - 1:
                 trajectory.append({"step": step, "probs": controller.probs()})
+                problem.log_progress(step, {**flat_progress(f"{stage_name}: P ", trajectory[-1]["probs"], options),
+                                            f"{stage_name}: reward baseline": baseline})
             bar.update(1)
             bar.set_postfix(stage=stage_name, reward=f"{reward:.3f}", cost=f"{cost:.4g}", refresh=False)
         best = arch_of(controller.argmax())

@@ -27,3 +27,28 @@ def run_cli(args, cwd, env, timeout=300):
 
     return subprocess.run([sys.executable, "-m", "nas.run", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's headless Chromium, installed with apt-get by the test setup when missing."""
+    import shutil
+    import subprocess
+
+    def find():
+        return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+    if find() is None and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "chromium"]
+        if subprocess.run(install, env=env, capture_output=True, timeout=1200).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+            subprocess.run(install, env=env, capture_output=True, timeout=1200)
+    path = find()
+    if path is None:
+        pytest.fail("the dashboard test needs Chromium: apt-get install chromium (the setup does it when run as root)")
+    return path

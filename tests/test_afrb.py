@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from torch import nn
@@ -188,8 +189,16 @@ def test_differentiable_search_on_afrb_end_to_end_and_seeded():
     options = dict(steps=6, batch_size=16, snapshots=3, penalty_weight=1.0, cost_weight=0.5, evaluate_base=True,
                    alpha_init=1.0, arch_lr=0.01)  # alphas cannot leave the band in 6 steps: every unit collapses
     searcher = nas.get_searcher("differentiable", **options)
-    result = nas.run_search(searcher, tiny_problem(space))
+    problem = tiny_problem(space)
+    result = nas.run_search(searcher, problem)
     extras = result.extras
+    # alphas and losses over the steps, as the dashboard plots them ("<run>:progress")
+    progress = {t.user_attrs["quantity"]: t for t in optuna.load_study(
+        study_name="search:progress", storage=problem.ledger.storage).get_trials()}
+    assert set(progress) == {f"alpha u{i}_alpha" for i in range(1, 18)} | {"loss", "penalty", "expected_cost"}
+    assert progress["alpha u3_alpha"].intermediate_values == pytest.approx(
+        {t["step"]: t["alpha"]["u3_alpha"] for t in extras["trajectory"]})
+    assert progress["loss"].value == pytest.approx(extras["trajectory"][-1]["loss"])
     assert result.n_evals == 2  # the base (all IBN) and the derived arch, both trained from scratch
     assert extras["before"]["collapsed"] == 0 and extras["before"]["arch"] == dict(space.default_arch())
     assert extras["after"]["collapsed"] == 17 == sum(1 for a in extras["final"].values() if 0.8 <= a <= 1.3)

@@ -1,6 +1,7 @@
 """The UIB space (MobileNetV4), its weight-sharing supernet, and the TuNAS searcher."""
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from torch import nn
@@ -173,8 +174,22 @@ def tiny_problem(seed=0, cost_model="macs"):
 
 def test_tunas_two_stages_end_to_end_and_seeded():
     searcher = nas.get_searcher("tunas", steps=8, batch_size=16, reward_batch_size=32, warmup=0.5)
-    result = nas.run_search(searcher, tiny_problem())
+    problem = tiny_problem()
+    result = nas.run_search(searcher, problem)
     stage1, stage2 = result.extras["stages"]
+    # The controller's probabilities as the dashboard plots them: per stage, decision and
+    # option a trial of the "<run>:progress" study, its intermediate values the trajectory.
+    progress = {t.user_attrs["quantity"]: t for t in optuna.load_study(
+        study_name="search:progress", storage=problem.ledger.storage).get_trials()}
+    for stage in (stage1, stage2):
+        for name, probs in stage["final_probs"].items():
+            options = problem.space.decision(name).options
+            for option, p in zip(options, probs):
+                trial = progress[f"{stage['stage']}: P {name}={option}"]
+                assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(p)
+                assert trial.intermediate_values == pytest.approx(
+                    {s["step"]: s["probs"][name][options.index(option)] for s in stage["trajectory"]})
+    assert f"{stage1['stage']}: reward baseline" in progress
     space = nas.get_space("uib", resolution=16, in_channels=1, num_classes=4)
     assert set(stage1["searched"]) == {d.name for d in space.decisions("coarse")}
     assert set(stage2["searched"]) == {d.name for d in space.decisions("fine")}
