@@ -132,7 +132,8 @@ def distill(net: LayerwiseNet, options: list[list], data: ImageDataset, input_sh
     input and takes an MSE loss to the output; one Adam step (cosine schedule) over all
     candidates. Checkpoints (candidates, optimizer, position) go to ``checkpoint`` every
     ``every`` steps and at the end; a call with the same arguments resumes from there and
-    ends where an uninterrupted run ends. Returns the last batch's MSE per candidate."""
+    ends where an uninterrupted run ends. ``on_step(step, mse)`` sees each step's MSE per
+    candidate (``"layer:option"``). Returns the last batch's MSE per candidate."""
     if epochs < 1 or batch_size < 2:
         raise NASError(f"pretraining needs epochs >= 1 and batch_size >= 2, got {epochs}, {batch_size}")
     net.add_candidates(options)
@@ -193,7 +194,7 @@ def distill(net: LayerwiseNet, options: list[list], data: ImageDataset, input_sh
             bar.update(1)
             bar.set_postfix(mean_mse=f"{np.mean(list(mse.values())):.4f}", refresh=False)
             if on_step is not None:
-                on_step(step)
+                on_step(step, mse)
             if (step + 1) % every == 0 or step + 1 == total:
                 save(step + 1)
     finally:

@@ -401,10 +401,19 @@ class ILPSearch(Searcher):
             raise NASError(f"budget {budget:g} {cost_model.unit} is infeasible{restricted}: the smallest achievable "
                            f"cost is {cheapest:g} {cost_model.unit}")
         n_candidates = sum(len(o) for o in options)
+
+        def log_pretraining(step, mse):  # per layer, the mean MSE of its candidates (dashboard)
+            if step % 10 == 0:
+                per_layer = {}
+                for key, value in mse.items():
+                    per_layer.setdefault(int(key.split(":", 1)[0]) + 1, []).append(value)
+                problem.log_progress(step, {f"pretraining: mean MSE layer {layer}": float(np.mean(values))
+                                            for layer, values in per_layer.items()})
+
         if not self.zero_shot:
             distill(net, options, train_data, shape, self.pretrain_epochs, self.batch_size, self.pretrain_lr,
                     problem.seed, device, self.pretrain_batches, work / "candidates.pt" if work else None,
-                    self.checkpoint_every, problem.show_progress)
+                    self.checkpoint_every, problem.show_progress, log_pretraining)
         else:
             net.add_candidates(options)
 
@@ -429,6 +438,8 @@ class ILPSearch(Searcher):
             candidates.append({"solution": rank + 1, "arch": dict(arch), "objective": sel.objective,
                                "proven_gap": sel.gap, "cost": fixed + sel.cost, "held_out_loss": loss,
                                "held_out_accuracy": acc})
+            problem.log_progress(rank + 1, {"selection: objective": sel.objective, "selection: proven gap": sel.gap,
+                                            "selection: cost": fixed + sel.cost, "selection: held-out loss": loss})
         best_i = min(range(len(candidates)), key=lambda i: (candidates[i]["held_out_loss"], i))
         best_arch = to_arch(selections[best_i])
 

@@ -2,6 +2,7 @@
 
 import json
 
+import optuna
 import pytest
 import torch
 
@@ -115,7 +116,7 @@ def test_distillation_resumes_to_the_uninterrupted_result(tmp_path):
     class Killed(Exception):
         pass
 
-    def kill_at_4(step):
+    def kill_at_4(step, mse):
         if step == 3:
             raise Killed
 
@@ -189,6 +190,15 @@ def test_ilp_searcher_selections_respect_budget_and_overlap(tmp_path):
     assert result.budget == pytest.approx(budget) and not result.history[0].feasible  # the teacher is over it
     assert result.best == result.history[1] and (tmp_path / "hant" / "candidates.pt").exists()
     assert (tmp_path / "hant" / "teacher.pt").exists()
+    # the selections and the pretraining as the dashboard plots them ("<run>:progress")
+    progress = {t.user_attrs["quantity"]: t for t in optuna.load_study(
+        study_name="t:progress", storage=problem.ledger.storage).get_trials()}
+    assert progress["selection: objective"].intermediate_values == pytest.approx(
+        {i + 1: s["objective"] for i, s in enumerate(sels)})
+    assert progress["selection: held-out loss"].value == pytest.approx(sels[-1]["held_out_loss"])
+    layers = {q for q in progress if q.startswith("pretraining: mean MSE layer ")}
+    assert layers == {f"pretraining: mean MSE layer {i}" for i in range(1, len(space.layer_decisions()) + 1)}
+    assert all(list(progress[q].intermediate_values) == [0] for q in layers)  # every 10 steps; 3 were taken
 
 
 def test_ilp_searcher_zero_shot_and_infeasible_budget():
