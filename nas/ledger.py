@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,15 +62,28 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{pid}:{_process_start_ticks(pid)}"
 
 
-def worker_alive(worker: str) -> bool:
-    """Whether a worker id names a live process. Workers on other hosts count as alive."""
+#: seconds between heartbeats of a trial under evaluation, and how old a heartbeat may get
+#: before a worker on another host counts as dead (its trial is then taken over)
+HEARTBEAT_SECONDS = 20.0
+HEARTBEAT_GRACE_SECONDS = 120.0
+
+
+def worker_alive(worker: str, heartbeat: float | None = None) -> bool:
+    """Whether a worker id names a live process: on this host by its pid and start time,
+    on another host by the trial's last heartbeat (``time.time()`` seconds; a worker on
+    another host without one counts as alive)."""
     try:
         host, pid, ticks = worker.rsplit(":", 2)
     except ValueError:
         return False
     if host != socket.gethostname():
-        return True
+        return heartbeat is None or time.time() - heartbeat < HEARTBEAT_GRACE_SECONDS
     return _process_start_ticks(int(pid)) == ticks
+
+
+def trial_alive(t) -> bool:
+    """Whether a RUNNING trial's worker is still evaluating it."""
+    return worker_alive(t.user_attrs.get("worker", ""), t.user_attrs.get("heartbeat"))
 
 
 def open_storage(storage: str | None):
@@ -86,11 +100,18 @@ def open_storage(storage: str | None):
     if "://" not in storage:
         raise NASError(f"storage {storage!r} is not a URL; use 'memory', a path ending in .log, "
                        "'sqlite:///PATH' or another database URL")
-    try:
-        return optuna.storages.RDBStorage(storage)
-    except Exception as exc:  # SQLAlchemy raises many types for a bad URL or an unreachable server
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NASError(f"cannot open storage {storage!r}: {first}") from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(storage)
+        except Exception as exc:  # SQLAlchemy raises many types for a bad URL or an unreachable server
+            if "UniqueViolation" in str(exc) or "already exists" in str(exc):
+                # Workers starting together on an empty database race to create Optuna's
+                # tables; the loser opens them once the winner is done.
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise NASError(f"cannot open storage {storage!r}: {first}") from None
+    raise NASError(f"cannot open storage {storage!r}: its tables could not be created")
 
 
 class Ledger:
@@ -111,15 +132,23 @@ class Ledger:
         self.worker = worker_id()
         self.distributions = {d.name: CategoricalDistribution(d.options) for d in space.decisions()}
         self._complete: dict[str, Evaluation] = {}
-        self._stale: dict[str, int] = {}  # arch key -> trial id of a RUNNING trial whose worker died
-        for t in self.study.get_trials(deepcopy=False):
+        self.refresh()
+        # Registered in the study, so workers sharing it can split lists of candidates.
+        self.storage.set_study_user_attr(self.study_id, f"worker {self.worker}", time.time())
+
+    def live_workers(self) -> list[str]:
+        """Ids of the workers registered in this study that are alive, in the order they
+        registered (this worker included)."""
+        attrs = self.storage.get_study_user_attrs(self.study_id)
+        registered = sorted((when, key.split(" ", 1)[1]) for key, when in attrs.items() if key.startswith("worker "))
+        return [w for _, w in registered if w == self.worker or worker_alive(w)]
+
+    def refresh(self) -> None:
+        """Read the evaluations finished in the storage (by this or any other worker)."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             key = t.user_attrs.get("arch_key")
-            if key is None:
-                continue
-            if t.state == TrialState.COMPLETE and key not in self._complete:
+            if key is not None and key not in self._complete:
                 self._complete[key] = self._evaluation(t)
-            elif t.state == TrialState.RUNNING and not worker_alive(t.user_attrs.get("worker", "")):
-                self._stale[key] = t._trial_id
 
     @staticmethod
     def _evaluation(t) -> Evaluation:
@@ -132,18 +161,52 @@ class Ledger:
     def lookup(self, arch: Arch) -> Evaluation | None:
         return self._complete.get(arch.key())
 
-    def start(self, arch: Arch) -> int:
-        """Open a RUNNING trial for ``arch`` (or take over a dead worker's) and return its id."""
+    def _trials_of(self, key: str) -> list:
+        return [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+                if t.user_attrs.get("arch_key") == key]
+
+    def claim(self, arch: Arch) -> tuple[str, Evaluation | int | None]:
+        """Who evaluates ``arch``, when workers share this study:
+        ``("done", Evaluation)``: it is in the ledger; ``("busy", None)``: a live worker is
+        evaluating it; ``("mine", trial_id)``: this worker is to evaluate it, in a new
+        RUNNING trial or in the trial of a worker that died (taken over, so its result is
+        not lost). Two workers that claim the same arch at once both create a trial; the
+        lower trial number wins and the other is closed as FAIL."""
         key = arch.key()
-        if key in self._stale:
-            trial_id = self._stale.pop(key)
+        if key in self._complete:
+            return "done", self._complete[key]
+        trials = self._trials_of(key)
+        for t in trials:
+            if t.state == TrialState.COMPLETE:
+                self._complete[key] = self._evaluation(t)
+                return "done", self._complete[key]
+        running = [t for t in trials if t.user_attrs.get("worker") != self.worker]
+        if any(trial_alive(t) for t in running):
+            return "busy", None
+        if running:  # its worker died: take the trial over
+            trial_id = min(running, key=lambda t: t.number)._trial_id
             self.storage.set_trial_user_attr(trial_id, "worker", self.worker)
             self.storage.set_trial_user_attr(trial_id, "resumed", True)
-            return trial_id
+            self.heartbeat(trial_id)
+            if self.storage.get_trial(trial_id).user_attrs.get("worker") != self.worker:
+                return "busy", None  # another survivor took it over at the same moment
+            return "mine", trial_id
         params = {name: arch[name] for name in self.distributions}
         template = create_trial(state=TrialState.RUNNING, params=params, distributions=self.distributions,
-                                user_attrs={"arch": arch.to_json(), "arch_key": key, "worker": self.worker})
-        return self.storage.create_new_trial(self.study_id, template_trial=template)
+                                user_attrs={"arch": arch.to_json(), "arch_key": key, "worker": self.worker,
+                                            "heartbeat": time.time()})
+        trial_id = self.storage.create_new_trial(self.study_id, template_trial=template)
+        first = min(self._trials_of(key), key=lambda t: t.number)  # this trial, or a rival's
+        if first._trial_id != trial_id:
+            self.fail(trial_id, f"claimed at the same time as trial {first.number}, which evaluates it")
+            if first.state == TrialState.COMPLETE:
+                self._complete[key] = self._evaluation(first)
+                return "done", self._complete[key]
+            return "busy", None
+        return "mine", trial_id
+
+    def heartbeat(self, trial_id: int) -> None:
+        self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
 
     def finish(self, trial_id: int, evaluation: Evaluation) -> Evaluation:
         self.storage.set_trial_user_attr(trial_id, "metrics", evaluation.metrics)
@@ -158,11 +221,12 @@ class Ledger:
         self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
     def close_stale(self) -> int:
-        """Mark trials of dead workers that nobody took over as FAIL; return how many."""
-        for trial_id in self._stale.values():
-            self.fail(trial_id, "abandoned: its worker died and the search did not propose it again")
-        n, self._stale = len(self._stale), {}
-        return n
+        """Mark RUNNING trials of dead workers that nobody took over as FAIL; return how many."""
+        stale = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                 if "arch_key" in t.user_attrs and not trial_alive(t)]
+        for t in stale:
+            self.fail(t._trial_id, "abandoned: its worker died and the search did not propose it again")
+        return len(stale)
 
     def evaluations(self) -> list[Evaluation]:
         return sorted(self._complete.values(), key=lambda e: e.trial)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 import json
 import math
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -14,7 +16,7 @@ from nas.arch import Arch
 from nas.costs import CostModel
 from nas.errors import NASError
 from nas.evaluators import Evaluator
-from nas.ledger import Evaluation, Ledger, ProgressLog
+from nas.ledger import HEARTBEAT_SECONDS, Evaluation, Ledger, ProgressLog
 from nas.space import Space
 
 
@@ -87,6 +89,8 @@ class SearchProblem:
         self._by_key: dict[str, Evaluation] = {}
         self.n_reused = 0
         self._bar = None
+        #: how often a worker waiting for candidates other workers hold looks at the ledger
+        self.poll_seconds = 0.5
         #: the searcher's own progress, plotted by the Optuna dashboard (see ``log_progress``)
         self.progress = ProgressLog(self.ledger)
 
@@ -136,22 +140,75 @@ class SearchProblem:
 
         ``scorer(space, arch) -> Score`` replaces the evaluator for this arch (a searcher
         whose candidates inherit trained weights, as HANT's do, scores them itself)."""
-        arch = self.space.validate(arch)
-        key = arch.key()
-        if key in self._by_key:
-            return self._by_key[key]
-        found = self.ledger.lookup(arch)
-        if found is not None:
+        return self.evaluate_many([arch], scorer)[0]
+
+    def evaluate_many(self, archs, scorer: Callable | None = None) -> list[Evaluation]:
+        """Evaluations of candidates that do not depend on each other's results, in their
+        order. Workers that share the ledger's storage (same run name and storage URL)
+        split the list: each claims the candidates nobody is evaluating, skips those a
+        live worker holds, then waits for them, and takes over the trial of a worker that
+        died (see :meth:`Ledger.claim`); no arch is evaluated twice, no result is lost."""
+        archs = [self.space.validate(a) for a in archs]
+        if len(archs) > 1:
+            # With n live workers, the k-th takes every n-th candidate from its k-th first,
+            # then the rest; alone, the list's own order.
+            workers = self.ledger.live_workers()
+            n, k = len(workers), workers.index(self.ledger.worker) if self.ledger.worker in workers else 0
+            order = [a for i, a in enumerate(archs) if i % n == k] + [a for i, a in enumerate(archs) if i % n != k]
+        else:
+            order = archs
+        done: dict[str, Evaluation] = {}
+        waiting = []
+        for arch in order:
+            key = arch.key()
+            if key in done:
+                continue
+            evaluation = self._by_key.get(key) or self._claim_and_evaluate(arch, scorer)
+            if evaluation is None:
+                waiting.append(arch)
+            else:
+                done[key] = evaluation
+        while waiting:  # held by other workers: poll until they finish or die
+            time.sleep(self.poll_seconds)
+            self.ledger.refresh()
+            still = []
+            for arch in waiting:
+                evaluation = self._claim_and_evaluate(arch, scorer)
+                if evaluation is None:
+                    still.append(arch)
+                else:
+                    done[arch.key()] = evaluation
+            waiting = still
+        return [done[a.key()] for a in archs]
+
+    def _claim_and_evaluate(self, arch: Arch, scorer: Callable | None) -> Evaluation | None:
+        """Evaluate ``arch`` if this worker gets it; its evaluation if it is in the ledger;
+        None while another live worker holds it."""
+        status, claim = self.ledger.claim(arch)
+        if status == "done":
             self.n_reused += 1
-            return self._record(found)
+            return self._record(claim)
+        if status == "busy":
+            return None
+        trial_id = claim
         ops = self.space.ops(arch)
         cost = self.cost_model.cost(ops)
-        trial_id = self.ledger.start(arch)
+        beating = threading.Event()
+
+        def heartbeat():  # lets workers on other hosts see that this one is alive
+            while not beating.wait(HEARTBEAT_SECONDS):
+                self.ledger.heartbeat(trial_id)
+
+        beat = threading.Thread(target=heartbeat, daemon=True)
+        beat.start()
         try:
             score = (scorer or self.evaluator.evaluate)(self.space, arch)
         except Exception as exc:
             self.ledger.fail(trial_id, f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            beating.set()
+            beat.join()
         metrics = {"macs": sum(op.macs() for op in ops), "params": sum(op.num_params() for op in ops),
                    **score.metrics}
         evaluation = Evaluation(arch, float(score.quality), cost, metrics, feasible=self.within_budget(cost))

@@ -118,12 +118,14 @@ class NNMassSearch(Searcher):
         problem.begin(sum(min(self.top, len(r)) for r in ranked), desc="nnmass")
         budgets, report = [], [f"{len(rows)} candidates priced in {scoring_seconds:.2f} s (MACs, params, "
                                 f"{problem.cost_model.name or 'cost'} in {unit} and NN-Mass; no training)"]
+        # one list, so workers sharing the ledger split the shortlists (evaluate_many)
+        shortlist = [row["arch"] for matches in ranked for row in matches[: self.top]]
+        quality_of = {e.arch.key(): e.quality for e in problem.evaluate_many(shortlist)}
         for budget, matches in zip(self.budgets, ranked):
             entries = []
             for rank, row in enumerate(matches[: self.top], start=1):
-                evaluation = problem.evaluate(row["arch"])
                 entry = {"rank": rank, "arch": dict(row["arch"]), "macs": row["macs"], "params": row["params"],
-                         "cost": row["cost"], "nn_mass": row["nn_mass"], "quality": evaluation.quality}
+                         "cost": row["cost"], "nn_mass": row["nn_mass"], "quality": quality_of[space.validate(row["arch"]).key()]}
                 if hasattr(space, "shape"):
                     widths, depths = space.shape(row["arch"])
                     entry.update(widths=list(widths), depths=list(depths))

@@ -19,17 +19,25 @@ class RandomSearch(Searcher):
         self.max_samples_per_eval = max_samples_per_eval
 
     def search(self, problem):
+        # The candidates are drawn first and then evaluated as one list, so workers sharing
+        # the ledger split them (SearchProblem.evaluate_many); the draws do not depend on
+        # results, so this is the same search as evaluating each as it is drawn.
         rng = np.random.default_rng(problem.seed)
-        problem.begin(self.n_evals, desc="random search")
+        space = problem.space
         samples, over_budget = 0, 0
         limit = self.n_evals * self.max_samples_per_eval
-        while problem.n_evaluated < self.n_evals and samples < limit:
-            arch = problem.space.sample(rng)
+        candidates, keys = [], set()
+        while len(candidates) < self.n_evals and samples < limit:
+            arch = space.sample(rng)
             samples += 1
-            if problem.seen(arch) is not None:
+            key = space.canonicalize(arch).key()
+            if key in keys:
                 continue
             if problem.budget is not None and not problem.within_budget(problem.cost(arch)):
                 over_budget += 1
                 continue
-            problem.evaluate(arch)
+            keys.add(key)
+            candidates.append(arch)
+        problem.begin(len(candidates), desc="random search")
+        problem.evaluate_many(candidates)
         return problem.result(samples=samples, skipped_over_budget=over_budget)

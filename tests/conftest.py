@@ -52,3 +52,18 @@ def chromium():
     if path is None:
         pytest.fail("the dashboard test needs Chromium: apt-get install chromium (the setup does it when run as root)")
     return path
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL server of the test's own (Debian's package, installed by the setup when
+    missing): a fresh data folder, listening on 127.0.0.1 only, stopped afterwards."""
+    from nas.localdb import LocalPostgres, install_postgres, postgres_binary
+
+    install_postgres()
+    if postgres_binary("initdb") is None:
+        pytest.fail("the shared-search test needs PostgreSQL: apt-get install postgresql (done by the setup as root)")
+    server = LocalPostgres(max_connections=50)
+    with server as url:
+        yield url
+    assert not server.listening(), "PostgreSQL still listens after the test"
