@@ -467,8 +467,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
 
+    import signal
+
     import hydra
 
+    from nas.train import handle_sigterm
+
+    signal.signal(signal.SIGTERM, handle_sigterm)  # training searchers checkpoint, then stop
     task = hydra.main(version_base=None, config_path="conf", config_name="config")(_hydra_task)
     sys.argv = [sys.argv[0]] + argv
     task()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +41,76 @@ def save_atomic(obj, path: Path) -> None:
     tmp = Path(path).with_suffix(Path(path).suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+#: set by SIGTERM while a checkpointing loop runs: it saves at its next step and stops
+STOP_REQUESTED = threading.Event()
+_checkpointing_loops = 0
+
+
+def handle_sigterm(signum, frame) -> None:
+    """The CLI's SIGTERM handler: a loop that checkpoints (``TrainingCheckpoint``) saves
+    at the end of its current step and stops; anything else stops at once."""
+    if _checkpointing_loops:
+        STOP_REQUESTED.set()
+    else:
+        raise KeyboardInterrupt
+
+
+class TrainingCheckpoint:
+    """Checkpoints of a searcher's training loop in ``path`` (None: none): at the end of
+    every ``every``-th step and, after SIGTERM, of the current step (then the run stops
+    with KeyboardInterrupt; the same command resumes). ``identity`` holds the settings
+    that decide the result: a checkpoint made with others is not resumed."""
+
+    def __init__(self, path: Path | None, every: int, identity: dict):
+        if every < 1:
+            raise NASError(f"checkpoint_every must be >= 1, got {every}")
+        self.path, self.every, self.identity = (Path(path) if path is not None else None), every, identity
+
+    def load(self) -> dict | None:
+        if self.path is None or not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("identity") != self.identity:
+            print(f"note: {self.path} was made with other settings; starting afresh", file=sys.stderr)
+            return None
+        return state
+
+    def __enter__(self):
+        global _checkpointing_loops
+        _checkpointing_loops += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _checkpointing_loops
+        _checkpointing_loops -= 1
+
+    def step_done(self, step: int, state) -> None:
+        """After step ``step`` (0-based); ``state()`` gives what to save."""
+        if self.path is None:
+            return
+        stop = STOP_REQUESTED.is_set()
+        if (step + 1) % self.every == 0 or stop:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_atomic({"identity": self.identity, **state()}, self.path)
+        if stop:
+            STOP_REQUESTED.clear()
+            raise KeyboardInterrupt
+
+
+def rng_states(gen: torch.Generator, rng) -> dict:
+    """The random states a training loop draws from: its torch generator, its numpy
+    generator (or None) and torch's global one."""
+    return {"gen": gen.get_state(), "torch": torch.get_rng_state(),
+            "numpy": rng.bit_generator.state if rng is not None else None}
+
+
+def set_rng_states(states: dict, gen: torch.Generator, rng) -> None:
+    gen.set_state(states["gen"])
+    torch.set_rng_state(states["torch"])
+    if rng is not None:
+        rng.bit_generator.state = states["numpy"]
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")

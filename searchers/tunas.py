@@ -20,16 +20,17 @@ priced by its cost model; with a measured LUT, its latency is also measured end 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from nas import NASError, Searcher, register_searcher
+from nas import Arch, NASError, Searcher, register_searcher
 from nas.ledger import flat_progress
 from nas.lut import latency_report
-from nas.train import sample_batch
+from nas.train import TrainingCheckpoint, rng_states, sample_batch, set_rng_states
 
 
 class Controller:
@@ -70,7 +71,7 @@ class TuNAS(Searcher):
                  warmup: float = 0.25, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 4e-5,
                  controller_lr: float = 0.1, baseline_momentum: float = 0.95, beta: float = -0.1,
                  target_cost: float | None = None, controller_share: float = 0.2, measure_latency: bool = True,
-                 device: str = "auto"):
+                 device: str = "auto", checkpoint_every: int = 50):
         if stages not in (1, 2):
             raise NASError(f"searcher.stages must be 1 (one-stage baseline) or 2 (MobileNetV4's), got {stages}")
         if steps < 1 or batch_size < 2 or reward_batch_size < 1:
@@ -90,6 +91,9 @@ class TuNAS(Searcher):
         self.controller_lr, self.baseline_momentum, self.beta = controller_lr, baseline_momentum, beta
         self.target_cost, self.controller_share = target_cost, controller_share
         self.measure_latency, self.device = measure_latency, device
+        if checkpoint_every < 1:
+            raise NASError(f"searcher.checkpoint_every must be >= 1, got {checkpoint_every}")
+        self.checkpoint_every = checkpoint_every
 
     # ------------------------------------------------------------------ setup
     def resolve_target(self, problem) -> tuple[float, str]:
@@ -141,15 +145,32 @@ class TuNAS(Searcher):
         held = space.default_arch()
         stage_reports = []
         total_steps = self.steps * self.stages
+        # Shared weights, optimizer, controller, baseline, random states and position, so a
+        # killed (or SIGTERM-stopped) run resumes where it was and ends as an uninterrupted one.
+        identity = {"searcher": {k: v for k, v in vars(self).items() if k not in ("measure_latency", "device", "checkpoint_every")},
+                    "seed": problem.seed, "space": space.config(), "target": target}
+        checkpoint = TrainingCheckpoint(Path(problem.work_dir) / "tunas" / "state.pt" if problem.work_dir else None,
+                                        self.checkpoint_every, identity)
+        resumed = checkpoint.load()
+        first_stage = 0
+        if resumed is not None:
+            first_stage, held, stage_reports = resumed["stage"], Arch(resumed["held"]), resumed["stage_reports"]
+            supernet.load_state_dict(resumed["supernet"])
         bar = tqdm(total=total_steps, desc="tunas", unit="step", disable=not problem.show_progress,
                    dynamic_ncols=True)
         try:
-            for stage_name, tag in self.plan(space):
-                searched = space.decisions(tag)
-                report = self._run_stage(stage_name, searched, held, supernet, problem, data, weight_idx, ctrl_idx,
-                                         target, gen, rng, device, bar)
-                held = report.pop("arch")
-                stage_reports.append(report)
+            with checkpoint:
+                for i, (stage_name, tag) in enumerate(self.plan(space)):
+                    if i < first_stage:
+                        bar.update(self.steps)
+                        continue
+                    searched = space.decisions(tag)
+                    report = self._run_stage(stage_name, searched, held, supernet, problem, data, weight_idx,
+                                             ctrl_idx, target, gen, rng, device, bar, checkpoint,
+                                             {"stage": i, "held": dict(held), "stage_reports": stage_reports},
+                                             resumed if i == first_stage else None)
+                    held = report.pop("arch")
+                    stage_reports.append(report)
         finally:
             bar.close()
         final = space.canonicalize(held)
@@ -161,7 +182,7 @@ class TuNAS(Searcher):
         return problem.result(**extras)
 
     def _run_stage(self, stage_name, searched, held, supernet, problem, data, weight_idx, ctrl_idx, target, gen, rng,
-                   device, bar) -> dict:
+                   device, bar, checkpoint, position: dict, resumed: dict | None) -> dict:
         space = problem.space
         controller = Controller(searched, self.controller_lr)
         optimizer = supernet.optimizer(self.lr, self.momentum, self.weight_decay)
@@ -172,11 +193,27 @@ class TuNAS(Searcher):
         trajectory, rewards = [], []
         snapshot_every = max(1, self.steps // 10)
         options = {d.name: d.options for d in searched}
+        first_step = 0
+        if resumed is not None:
+            first_step, baseline = resumed["step"], resumed["baseline"]
+            rewards, trajectory = list(resumed["rewards"]), list(resumed["trajectory"])
+            for name, logits in controller.logits.items():
+                logits.data.copy_(resumed["controller"][name])
+            controller.optimizer.load_state_dict(resumed["controller_optimizer"])
+            optimizer.load_state_dict(resumed["optimizer"])
+            set_rng_states(resumed["rng"], gen, rng)
+            bar.update(first_step)
+
+        def state():
+            return {**position, "step": step + 1, "supernet": supernet.state_dict(), "optimizer": optimizer.state_dict(),
+                    "controller": {n: v.detach().clone() for n, v in controller.logits.items()},
+                    "controller_optimizer": controller.optimizer.state_dict(), "baseline": baseline,
+                    "rewards": rewards, "trajectory": trajectory, "rng": rng_states(gen, rng)}
 
         def arch_of(indices):
             return space.canonicalize(held.replace(**controller.values(indices)))
 
-        for step in range(self.steps):
+        for step in range(first_step, self.steps):
             for group in optimizer.param_groups:  # cosine schedule over the stage
                 group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * step / self.steps))
             # shared-weight step on one path
@@ -214,6 +251,7 @@ class TuNAS(Searcher):
                                             f"{stage_name}: reward baseline": baseline})
             bar.update(1)
             bar.set_postfix(stage=stage_name, reward=f"{reward:.3f}", cost=f"{cost:.4g}", refresh=False)
+            checkpoint.step_done(step, state)
         best = arch_of(controller.argmax())
         return {"stage": stage_name, "searched": [d.name for d in searched], "arch": best,
                 "argmax_arch": dict(best), "argmax_cost": problem.cost(best), "final_probs": controller.probs(),

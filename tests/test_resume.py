@@ -62,3 +62,62 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, cli_env, searcher):
     resumed = json.loads((run_dir / "k" / "result.json").read_text())
     assert resumed["reused_from_ledger"] >= done
     assert comparable(resumed) == comparable(reference)
+
+
+TUNAS = ["space=uib", "space.resolution=16", "searcher=tunas", "target=macs", "data=synthetic", "data.n=256",
+         "evaluator.epochs=1", "searcher.steps=10", "searcher.batch_size=16", "searcher.reward_batch_size=32",
+         "searcher.checkpoint_every=2", "searcher.measure_latency=false", "progress=false", "run_name=t",
+         "save_model=false"]
+
+
+def checkpoint_position(path):
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError):
+        return None
+    return state["stage"], state["step"]
+
+
+def stop_when(proc, path, position, sig):
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        at = checkpoint_position(path) if path.exists() else None
+        if at is not None and at >= position:
+            proc.send_signal(sig)
+            return proc.wait(timeout=120)
+        time.sleep(0.05)
+    raise AssertionError(f"the run ended (or stalled) before its checkpoint reached {position}")
+
+
+def test_tunas_stopped_by_sigterm_and_killed_resumes_to_the_uninterrupted_result(tmp_path, cli_env):
+    out = run_cli(TUNAS + [f"output_dir={tmp_path / 'ref'}"], tmp_path, cli_env)
+    assert out.returncode == 0, out.stderr
+    reference = json.loads((tmp_path / "ref" / "t" / "result.json").read_text())
+
+    run = TUNAS + [f"output_dir={tmp_path / 'run'}"]
+    state = tmp_path / "run" / "t" / "tunas" / "state.pt"
+
+    def start():
+        return subprocess.Popen([sys.executable, "-m", "nas.run", *run], cwd=tmp_path, env=cli_env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    # SIGTERM in stage 1: the current step is saved, the run stops with the resume hint
+    proc = start()
+    assert stop_when(proc, state, (0, 4), signal.SIGTERM) == 130
+    assert "run the same command again to resume" in proc.stderr.read()
+    stopped_at = checkpoint_position(state)
+    assert (0, 4) <= stopped_at < (1, 0)
+    # SIGKILL in stage 2: only the periodic checkpoints survive
+    proc = start()
+    assert stop_when(proc, state, (1, 4), signal.SIGKILL) == -signal.SIGKILL
+    assert checkpoint_position(state) < (1, 10)
+    out = run_cli(run, tmp_path, cli_env)
+    assert out.returncode == 0, out.stderr
+    resumed = json.loads((tmp_path / "run" / "t" / "result.json").read_text())
+    for got, want in zip(resumed["stages"], reference["stages"]):
+        assert got["final_probs"] == want["final_probs"] and got["trajectory"] == want["trajectory"]
+        assert got["argmax_arch"] == want["argmax_arch"]
+        assert got["mean_reward_last_10pct"] == want["mean_reward_last_10pct"]
+    assert comparable(resumed) == comparable(reference)
