@@ -35,7 +35,7 @@ from nas.arch import Arch
 from nas.data import ImageDataset, Split
 from nas.errors import NASError
 from nas.ops import build_sequential
-from nas.train import save_atomic
+from nas.train import TrainingCheckpoint
 
 
 class LayerwiseNet(nn.Module):
@@ -153,21 +153,17 @@ def distill(net: LayerwiseNet, options: list[list], data: ImageDataset, input_sh
     identity = {"seed": seed, "candidates": [(i, str(o)) for i, o in trained], "epochs": epochs,
                 "batch_size": batch_size, "lr": lr, "per_epoch": per_epoch}
     done = 0
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if state.get("identity") == identity:
-            net.candidates.load_state_dict(state["candidates"])
-            opt.load_state_dict(state["optimizer"])
-            done, mse = state["step"], state["mse"]
-
-    def save(step):
-        if checkpoint is not None:
-            save_atomic({"identity": identity, "candidates": net.candidates.state_dict(),
-                          "optimizer": opt.state_dict(), "step": step, "mse": mse}, checkpoint)
+    saver = TrainingCheckpoint(checkpoint, every, identity)
+    state = saver.load()
+    if state is not None:
+        net.candidates.load_state_dict(state["candidates"])
+        opt.load_state_dict(state["optimizer"])
+        done, mse = state["step"], state["mse"]
 
     net.teacher.eval()
     bar = tqdm(total=total, initial=done, desc="pretraining candidates", unit="batch", disable=not progress,
                dynamic_ncols=True)
+    saver.__enter__()  # SIGTERM: save at the end of the current step, then stop
     try:
         for step in range(done, total):
             epoch, s = divmod(step, per_epoch)
@@ -195,9 +191,10 @@ def distill(net: LayerwiseNet, options: list[list], data: ImageDataset, input_sh
             bar.set_postfix(mean_mse=f"{np.mean(list(mse.values())):.4f}", refresh=False)
             if on_step is not None:
                 on_step(step, mse)
-            if (step + 1) % every == 0 or step + 1 == total:
-                save(step + 1)
+            saver.step_done(step, lambda: {"candidates": net.candidates.state_dict(), "optimizer": opt.state_dict(),
+                                           "step": step + 1, "mse": mse}, last=step + 1 == total)
     finally:
+        saver.__exit__()
         bar.close()
     return mse
 

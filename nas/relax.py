@@ -55,6 +55,11 @@ class Relaxation(nn.Module, abc.ABC):
         returns its supernet's own)."""
         return torch.optim.SGD(self.weight_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
+    def generators(self) -> list[torch.Generator]:
+        """The random generators the relaxation draws from while training (e.g. Gumbel
+        noise), whose states a resumable search saves."""
+        return []
+
     def penalty(self) -> torch.Tensor:
         """The structural term of the search objective (zero unless the relaxation has one)."""
         return torch.zeros(())

@@ -86,12 +86,13 @@ class TrainingCheckpoint:
         global _checkpointing_loops
         _checkpointing_loops -= 1
 
-    def step_done(self, step: int, state) -> None:
-        """After step ``step`` (0-based); ``state()`` gives what to save."""
+    def step_done(self, step: int, state, last: bool = False) -> None:
+        """After step ``step`` (0-based); ``state()`` gives what to save (``last``: the
+        loop's final step, always saved)."""
         if self.path is None:
             return
         stop = STOP_REQUESTED.is_set()
-        if (step + 1) % self.every == 0 or stop:
+        if (step + 1) % self.every == 0 or stop or last:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             save_atomic({"identity": self.identity, **state()}, self.path)
         if stop:

@@ -21,6 +21,7 @@ of the architecture parameters, and the base arch's and the result's MACs and co
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from nas import NASError, Searcher, register_searcher
 from nas.ledger import flat_progress
 from nas.lut import latency_report
-from nas.train import resolve_device, sample_batch
+from nas.train import TrainingCheckpoint, resolve_device, rng_states, sample_batch, set_rng_states
 
 
 @register_searcher("differentiable")
@@ -40,7 +41,8 @@ class Differentiable(Searcher):
                  weight_decay: float = 4e-5, arch_lr: float = 0.05, penalty_weight: float = 0.01,
                  cost_weight: float = 0.0, band: list = (0.8, 1.3), alpha_init: float = 0.0,
                  cost_sigma: float = 0.25, tau: float = 1.0, base: str | None = None, evaluate_base: bool = False,
-                 snapshots: int = 20, measure_latency: bool = True, device: str = "auto"):
+                 snapshots: int = 20, measure_latency: bool = True, device: str = "auto",
+                 checkpoint_every: int = 50):
         if steps < 1 or batch_size < 2:
             raise NASError(f"searcher.steps must be >= 1 and batch_size >= 2, got {steps}, {batch_size}")
         if lr <= 0 or arch_lr <= 0:
@@ -61,6 +63,9 @@ class Differentiable(Searcher):
         self.relax_options = {"alpha_init": alpha_init, "cost_sigma": cost_sigma, "tau": tau}
         self.base, self.evaluate_base, self.snapshots = base, evaluate_base, snapshots
         self.measure_latency, self.device = measure_latency, device
+        if checkpoint_every < 1:
+            raise NASError(f"searcher.checkpoint_every must be >= 1, got {checkpoint_every}")
+        self.checkpoint_every = checkpoint_every
 
     def search(self, problem):
         from nas.run import load_arch
@@ -89,38 +94,39 @@ class Differentiable(Searcher):
         every = max(1, self.steps // self.snapshots)
         trajectory = []
         options = {d.name: d.options for d in space.decisions()}  # labels of a relaxation's probabilities
-        bar = tqdm(total=self.steps, desc="differentiable", unit="step", disable=not problem.show_progress,
-                   dynamic_ncols=True)
+        # Weights, architecture parameters, both optimizers, random states and position, so a
+        # killed (or SIGTERM-stopped) run resumes where it was and ends as an uninterrupted one.
+        identity = {"searcher": {k: v for k, v in vars(self).items()
+                                 if k not in ("measure_latency", "device", "checkpoint_every")},
+                    "seed": problem.seed, "space": space.config(), "base": dict(base)}
+        checkpoint = TrainingCheckpoint(
+            Path(problem.work_dir) / "differentiable" / "state.pt" if problem.work_dir else None,
+            self.checkpoint_every, identity)
+        resumed = checkpoint.load()
+        first_step = 0
+        if resumed is not None:
+            relaxation.load_state_dict(resumed["relaxation"])
+            weights.load_state_dict(resumed["weights_optimizer"])
+            arch_opt.load_state_dict(resumed["arch_optimizer"])
+            set_rng_states(resumed["rng"], gen, None)
+            for g, g_state in zip(relaxation.generators(), resumed["relaxation_generators"]):
+                g.set_state(g_state)
+            first_step, trajectory = resumed["step"], list(resumed["trajectory"])
+
+        def state():
+            return {"step": step + 1, "relaxation": relaxation.state_dict(), "weights_optimizer": weights.state_dict(),
+                    "arch_optimizer": arch_opt.state_dict(), "rng": rng_states(gen, None),
+                    "relaxation_generators": [g.get_state() for g in relaxation.generators()],
+                    "trajectory": trajectory}
+
+        bar = tqdm(total=self.steps, initial=first_step, desc="differentiable", unit="step",
+                   disable=not problem.show_progress, dynamic_ncols=True)
         try:
-            for step in range(self.steps):
-                for group in weights.param_groups:  # cosine schedule
-                    group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * step / self.steps))
-                x, y = sample_batch(data, pool, self.batch_size, gen, space.input_shape, device)
-                relaxation.train()
-                task = F.cross_entropy(relaxation(x), y)
-                penalty = relaxation.penalty()
-                expected = relaxation.expected_cost()
-                loss = task + self.penalty_weight * penalty
-                if self.cost_weight:
-                    loss = loss + self.cost_weight * expected / base_cost
-                if not torch.isfinite(loss):
-                    raise NASError(f"differentiable search diverged at step {step} (loss {loss.item()}); lower "
-                                   "searcher.lr or searcher.arch_lr")
-                weights.zero_grad(set_to_none=True)
-                arch_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                weights.step()
-                arch_opt.step()
-                if step % every == 0 or step == self.steps - 1:
-                    trajectory.append({"step": step, "loss": task.item(), "penalty": penalty.item(),
-                                       "expected_cost": float(expected.detach()), relaxation.state_kind: relaxation.state()})
-                    snapshot = trajectory[-1]
-                    problem.log_progress(step, {
-                        **{k: snapshot[k] for k in ("loss", "penalty", "expected_cost")},
-                        **flat_progress("P " if relaxation.state_kind == "probs" else "alpha ",
-                                        snapshot[relaxation.state_kind], options)})
-                bar.update(1)
-                bar.set_postfix(loss=f"{task.item():.3f}", cost=f"{float(expected.detach()):.4g}", refresh=False)
+            with checkpoint:
+                for step in range(first_step, self.steps):
+                    self._step(step, relaxation, weights, arch_opt, base_cost, space, data, pool, gen, device, every,
+                               options, trajectory, problem, bar)
+                    checkpoint.step_done(step, state)
         finally:
             bar.close()
         arch = relaxation.derive(band=self.band)
@@ -153,3 +159,36 @@ class Differentiable(Searcher):
         lines.append(f"{problem.evaluator.metric} of the result, trained from scratch: {evaluation.quality:.4f}")
         extras["report"] = lines
         return problem.result(**extras)
+
+    def _step(self, step, relaxation, weights, arch_opt, base_cost, space, data, pool, gen, device, every, options,
+              trajectory, problem, bar) -> None:
+        """One joint step of weights and architecture parameters (and a snapshot every
+        ``every`` steps)."""
+        for group in weights.param_groups:  # cosine schedule
+            group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * step / self.steps))
+        x, y = sample_batch(data, pool, self.batch_size, gen, space.input_shape, device)
+        relaxation.train()
+        task = F.cross_entropy(relaxation(x), y)
+        penalty = relaxation.penalty()
+        expected = relaxation.expected_cost()
+        loss = task + self.penalty_weight * penalty
+        if self.cost_weight:
+            loss = loss + self.cost_weight * expected / base_cost
+        if not torch.isfinite(loss):
+            raise NASError(f"differentiable search diverged at step {step} (loss {loss.item()}); lower "
+                           "searcher.lr or searcher.arch_lr")
+        weights.zero_grad(set_to_none=True)
+        arch_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        weights.step()
+        arch_opt.step()
+        if step % every == 0 or step == self.steps - 1:
+            trajectory.append({"step": step, "loss": task.item(), "penalty": penalty.item(),
+                               "expected_cost": float(expected.detach()), relaxation.state_kind: relaxation.state()})
+            snapshot = trajectory[-1]
+            problem.log_progress(step, {
+                **{k: snapshot[k] for k in ("loss", "penalty", "expected_cost")},
+                **flat_progress("P " if relaxation.state_kind == "probs" else "alpha ",
+                                snapshot[relaxation.state_kind], options)})
+        bar.update(1)
+        bar.set_postfix(loss=f"{task.item():.3f}", cost=f"{float(expected.detach()):.4g}", refresh=False)

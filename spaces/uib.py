@@ -677,6 +677,9 @@ class UIBRelaxation(Relaxation):
     def arch_parameters(self):
         return dict(self.logits.items())
 
+    def generators(self):
+        return [self.generator]
+
     def weight_parameters(self):
         return list(self.supernet.parameters())
 

@@ -77,7 +77,7 @@ def checkpoint_position(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError):
         return None
-    return state["stage"], state["step"]
+    return state.get("stage", 0), state["step"]
 
 
 def stop_when(proc, path, position, sig):
@@ -120,4 +120,25 @@ def test_tunas_stopped_by_sigterm_and_killed_resumes_to_the_uninterrupted_result
         assert got["final_probs"] == want["final_probs"] and got["trajectory"] == want["trajectory"]
         assert got["argmax_arch"] == want["argmax_arch"]
         assert got["mean_reward_last_10pct"] == want["mean_reward_last_10pct"]
+    assert comparable(resumed) == comparable(reference)
+
+
+@pytest.mark.parametrize("space", [["space=uib", "space.resolution=16"], ["space=afrb", "space.width_mult=0.25"]])
+def test_differentiable_killed_resumes_to_the_uninterrupted_result(tmp_path, cli_env, space):
+    args = space + ["searcher=differentiable", "target=macs", "data=synthetic", "data.n=128", "evaluator.epochs=1",
+                    "searcher.steps=12", "searcher.batch_size=16", "searcher.checkpoint_every=2",
+                    "searcher.snapshots=12", "searcher.measure_latency=false", "progress=false", "run_name=d",
+                    "save_model=false"]
+    out = run_cli(args + [f"output_dir={tmp_path / 'ref'}"], tmp_path, cli_env)
+    assert out.returncode == 0, out.stderr
+    reference = json.loads((tmp_path / "ref" / "d" / "result.json").read_text())
+    run = args + [f"output_dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen([sys.executable, "-m", "nas.run", *run], cwd=tmp_path, env=cli_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert stop_when(proc, tmp_path / "run" / "d" / "differentiable" / "state.pt", (0, 6), signal.SIGKILL) < 0
+    out = run_cli(run, tmp_path, cli_env)
+    assert out.returncode == 0, out.stderr
+    resumed = json.loads((tmp_path / "run" / "d" / "result.json").read_text())
+    for key in ("trajectory", "final", "after"):
+        assert resumed[key] == reference[key], key
     assert comparable(resumed) == comparable(reference)
