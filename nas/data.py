@@ -142,8 +142,27 @@ def synthetic(n: int = 512, num_classes: int = 4, in_channels: int = 3, resoluti
 
 
 def _unpickle(path: Path):
-    with open(path, "rb") as fh:
-        return pickle.load(fh, encoding="latin1")
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh, encoding="latin1")
+    except Exception as exc:  # a damaged or foreign file raises anything pickle can
+        raise NASError(f"data file {str(path)!r} is not a python-pickle batch of the data set "
+                       f"({type(exc).__name__}); replace it with the original") from None
+
+
+def _cifar_batch(batch, path: Path, labels: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images N x 3 x 32 x 32 uint8, labels in [0, classes)) of one unpickled CIFAR batch."""
+    try:
+        x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(batch[labels], dtype=np.int64).reshape(-1)
+        if len(x) != len(y) or not len(y):
+            raise ValueError("image and label counts differ")
+        if y.min() < 0 or y.max() >= classes:
+            raise ValueError(f"labels outside 0..{classes - 1}")
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise NASError(f"data file {str(path)!r} is not a CIFAR batch (data of 3x32x32 images and {labels!r}: "
+                       f"{type(exc).__name__}: {exc})") from None
+    return x, y
 
 
 def _find_cifar_folder(path, inner: str, needed: list[str], what: str) -> Path:
@@ -160,27 +179,21 @@ def _find_cifar_folder(path, inner: str, needed: list[str], what: str) -> Path:
                    f"(expected the python-pickle files {', '.join(needed)}, directly or under {inner}/)")
 
 
-def _cifar_images(batch) -> np.ndarray:
-    return np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-
-
 @register_dataset("cifar10")
 def cifar10(path: str | None = None, val_fraction: float = 0.1, split_seed: int = 0) -> ImageDataset:
     """CIFAR-10 from a local folder (``data_batch_1``..``5``, ``test_batch``)."""
     needed = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     folder = _find_cifar_folder(path, "cifar-10-batches-py", needed, "cifar10")
-    batches = [_unpickle(folder / f"data_batch_{i}") for i in range(1, 6)]
-    x = np.concatenate([_cifar_images(b) for b in batches])
-    y = np.concatenate([np.asarray(b["labels"]) for b in batches])
-    t = _unpickle(folder / "test_batch")
-    return ImageDataset("cifar10", x, y, 10, val_fraction, split_seed, scale=1 / 255,
-                        test=(_cifar_images(t), np.asarray(t["labels"])))
+    parts = [_cifar_batch(_unpickle(folder / f), folder / f, "labels", 10) for f in needed]
+    x = np.concatenate([p[0] for p in parts[:5]])
+    y = np.concatenate([p[1] for p in parts[:5]])
+    return ImageDataset("cifar10", x, y, 10, val_fraction, split_seed, scale=1 / 255, test=parts[5])
 
 
 @register_dataset("cifar100")
 def cifar100(path: str | None = None, val_fraction: float = 0.1, split_seed: int = 0) -> ImageDataset:
     """CIFAR-100 (fine labels) from a local folder (``train``, ``test``)."""
     folder = _find_cifar_folder(path, "cifar-100-python", ["train", "test"], "cifar100")
-    tr, te = _unpickle(folder / "train"), _unpickle(folder / "test")
-    return ImageDataset("cifar100", _cifar_images(tr), np.asarray(tr["fine_labels"]), 100, val_fraction,
-                        split_seed, scale=1 / 255, test=(_cifar_images(te), np.asarray(te["fine_labels"])))
+    train = _cifar_batch(_unpickle(folder / "train"), folder / "train", "fine_labels", 100)
+    test = _cifar_batch(_unpickle(folder / "test"), folder / "test", "fine_labels", 100)
+    return ImageDataset("cifar100", *train, 100, val_fraction, split_seed, scale=1 / 255, test=test)

@@ -116,7 +116,14 @@ def check_fields(factory, cfg: dict, what: str) -> None:
         )
     for key, value in cfg.items():
         expected = _expected_type(defaults[key])
-        if expected is not None and value is not None and not _is_instance(value, expected):
+        if expected is None:
+            continue
+        if value is None:
+            # null only where the field may be None (its annotation says so)
+            annotation = str(sig.parameters[key].annotation)
+            if "None" not in annotation and "Optional" not in annotation:
+                raise NASError(f"{what} field {key!r} must be {expected}, got null")
+        elif not _is_instance(value, expected):
             raise NASError(f"{what} field {key!r} must be {expected}, got {value!r}")
 
 

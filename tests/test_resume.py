@@ -142,3 +142,20 @@ def test_differentiable_killed_resumes_to_the_uninterrupted_result(tmp_path, cli
     for key in ("trajectory", "final", "after"):
         assert resumed[key] == reference[key], key
     assert comparable(resumed) == comparable(reference)
+
+
+def test_a_diverging_search_stops_with_the_step_and_its_checkpoint_intact(tmp_path, cli_env):
+    import re
+
+    import torch
+
+    args = ["space=afrb", "space.width_mult=0.25", "searcher=differentiable", "target=macs", "data=synthetic",
+            "data.n=128", "searcher.steps=20", "searcher.batch_size=16", "searcher.checkpoint_every=1",
+            "searcher.lr=1e12", "searcher.measure_latency=false", "progress=false", "run_name=div"]
+    out = run_cli(args, tmp_path, cli_env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    step = int(re.search(r"diverged at step (\d+) \(loss (nan|inf|-inf)\)", line).group(1))
+    state = torch.load(tmp_path / "runs" / "div" / "differentiable" / "state.pt", weights_only=True)
+    assert state["step"] == step  # saved after the last good step
+    assert all(torch.isfinite(v).all() for v in state["relaxation"].values() if v.is_floating_point())
