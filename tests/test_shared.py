@@ -17,9 +17,9 @@ ARGS = ["space=mbconv", "target=macs", "data=synthetic", "data.n=512", "evaluato
         "searcher.n_evals=8", "progress=false", "seed=3", "run_name=shared", "save_model=false"]
 
 
-def trials(url):
+def trials(storage):
     try:
-        return optuna.load_study(study_name="shared", storage=url).get_trials()
+        return optuna.load_study(study_name="shared", storage=storage).get_trials()
     except KeyError:  # the study is not created yet
         return []
 
@@ -38,12 +38,13 @@ def test_two_workers_share_one_study_and_survive_a_kill(tmp_path, cli_env, postg
                                  f"output_dir={tmp_path / name}"], cwd=tmp_path, env=cli_env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
+    storage = optuna.storages.RDBStorage(postgres_url)  # one connection pool for all the polling
     a = worker("a")
     b = worker("b")
     # Kill worker a while it evaluates, after it has finished one candidate.
     deadline, held = time.time() + 300, None
     while time.time() < deadline and a.poll() is None:
-        now = trials(postgres_url)
+        now = trials(storage)
         mine = [t for t in now if owned_by(t, a)]
         if any(t.state.name == "COMPLETE" for t in mine):
             held = next((t for t in mine if t.state.name == "RUNNING"), None)
@@ -56,7 +57,7 @@ def test_two_workers_share_one_study_and_survive_a_kill(tmp_path, cli_env, postg
     _, err = b.communicate(timeout=600)
     assert b.returncode == 0, err
 
-    final = trials(postgres_url)
+    final = trials(storage)
     complete = [t for t in final if t.state.name == "COMPLETE"]
     keys = [t.user_attrs["arch_key"] for t in complete]
     assert len(keys) == len(set(keys)) == 8  # each candidate evaluated once
