@@ -10,9 +10,11 @@ over by the next evaluation of the same Arch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -66,6 +68,42 @@ def worker_id() -> str:
 #: before a worker on another host counts as dead (its trial is then taken over)
 HEARTBEAT_SECONDS = 20.0
 HEARTBEAT_GRACE_SECONDS = 120.0
+
+
+#: trials under evaluation in this process (token -> (ledger, trial id)), beaten by one thread
+_beating: dict[int, tuple] = {}
+_beating_lock = threading.Lock()
+_beating_thread: threading.Thread | None = None
+
+
+def _beat_forever() -> None:
+    while True:
+        time.sleep(HEARTBEAT_SECONDS)
+        with _beating_lock:
+            trials = list(_beating.values())
+        for ledger, trial_id in trials:
+            try:
+                ledger.heartbeat(trial_id)
+            except Exception:  # finished meanwhile, or a storage hiccup: the next beat will do
+                pass
+
+
+@contextlib.contextmanager
+def beating(ledger, trial_id: int):
+    """Heartbeats for ``trial_id`` while the block runs (one thread for the process, so an
+    evaluation costs no thread of its own)."""
+    global _beating_thread
+    token = object()
+    with _beating_lock:
+        _beating[id(token)] = (ledger, trial_id)
+        if _beating_thread is None:
+            _beating_thread = threading.Thread(target=_beat_forever, name="nas-heartbeat", daemon=True)
+            _beating_thread.start()
+    try:
+        yield
+    finally:
+        with _beating_lock:
+            _beating.pop(id(token), None)
 
 
 def worker_alive(worker: str, heartbeat: float | None = None) -> bool:
@@ -133,6 +171,11 @@ class Ledger:
         self.distributions = {d.name: CategoricalDistribution(d.options) for d in space.decisions()}
         self._complete: dict[str, Evaluation] = {}
         self.refresh()
+        # RUNNING trials whose worker died (a killed run), by arch key: taken over when
+        # their arch comes up again
+        self._stale = {t.user_attrs["arch_key"]: t._trial_id
+                       for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                       if "arch_key" in t.user_attrs and not trial_alive(t)}
         # Registered in the study, so workers sharing it can split lists of candidates.
         self.storage.set_study_user_attr(self.study_id, f"worker {self.worker}", time.time())
 
@@ -165,16 +208,25 @@ class Ledger:
         return [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
                 if t.user_attrs.get("arch_key") == key]
 
-    def claim(self, arch: Arch) -> tuple[str, Evaluation | int | None]:
-        """Who evaluates ``arch``, when workers share this study:
-        ``("done", Evaluation)``: it is in the ledger; ``("busy", None)``: a live worker is
-        evaluating it; ``("mine", trial_id)``: this worker is to evaluate it, in a new
-        RUNNING trial or in the trial of a worker that died (taken over, so its result is
-        not lost). Two workers that claim the same arch at once both create a trial; the
-        lower trial number wins and the other is closed as FAIL."""
+    def claim(self, arch: Arch, shared: bool = True) -> tuple[str, Evaluation | int | None]:
+        """Who evaluates ``arch``: ``("done", Evaluation)``: it is in the ledger;
+        ``("busy", None)``: a live worker is evaluating it; ``("mine", trial_id)``: this
+        worker is to evaluate it, in a new RUNNING trial or in the trial of a worker that
+        died (taken over, so its result is not lost). With ``shared`` (a storage other
+        workers may use) the storage is read for their trials, and two workers that claim
+        the same arch at once both create a trial: the lower trial number wins and the
+        other is closed as FAIL. In memory, what this ledger knows suffices."""
         key = arch.key()
         if key in self._complete:
             return "done", self._complete[key]
+        if not shared:
+            if key in self._stale:
+                trial_id = self._stale.pop(key)
+                self.storage.set_trial_user_attr(trial_id, "worker", self.worker)
+                self.storage.set_trial_user_attr(trial_id, "resumed", True)
+                self.heartbeat(trial_id)
+                return "mine", trial_id
+            return "mine", self._new_trial(arch)
         trials = self._trials_of(key)
         for t in trials:
             if t.state == TrialState.COMPLETE:
@@ -191,11 +243,7 @@ class Ledger:
             if self.storage.get_trial(trial_id).user_attrs.get("worker") != self.worker:
                 return "busy", None  # another survivor took it over at the same moment
             return "mine", trial_id
-        params = {name: arch[name] for name in self.distributions}
-        template = create_trial(state=TrialState.RUNNING, params=params, distributions=self.distributions,
-                                user_attrs={"arch": arch.to_json(), "arch_key": key, "worker": self.worker,
-                                            "heartbeat": time.time()})
-        trial_id = self.storage.create_new_trial(self.study_id, template_trial=template)
+        trial_id = self._new_trial(arch)
         first = min(self._trials_of(key), key=lambda t: t.number)  # this trial, or a rival's
         if first._trial_id != trial_id:
             self.fail(trial_id, f"claimed at the same time as trial {first.number}, which evaluates it")
@@ -204,6 +252,13 @@ class Ledger:
                 return "done", self._complete[key]
             return "busy", None
         return "mine", trial_id
+
+    def _new_trial(self, arch: Arch) -> int:
+        params = {name: arch[name] for name in self.distributions}
+        template = create_trial(state=TrialState.RUNNING, params=params, distributions=self.distributions,
+                                user_attrs={"arch": arch.to_json(), "arch_key": arch.key(), "worker": self.worker,
+                                            "heartbeat": time.time()})
+        return self.storage.create_new_trial(self.study_id, template_trial=template)
 
     def heartbeat(self, trial_id: int) -> None:
         self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time())

@@ -5,18 +5,18 @@ from __future__ import annotations
 import abc
 import json
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import optuna
 from tqdm.auto import tqdm
 
 from nas.arch import Arch
 from nas.costs import CostModel
 from nas.errors import NASError
 from nas.evaluators import Evaluator
-from nas.ledger import HEARTBEAT_SECONDS, Evaluation, Ledger, ProgressLog
+from nas.ledger import Evaluation, Ledger, ProgressLog, beating
 from nas.space import Space
 
 
@@ -149,10 +149,10 @@ class SearchProblem:
         live worker holds, then waits for them, and takes over the trial of a worker that
         died (see :meth:`Ledger.claim`); no arch is evaluated twice, no result is lost."""
         archs = [self.space.validate(a) for a in archs]
-        if len(archs) > 1:
+        workers = self.ledger.live_workers() if self.shared and len(archs) > 1 else []
+        if len(workers) > 1:
             # With n live workers, the k-th takes every n-th candidate from its k-th first,
             # then the rest; alone, the list's own order.
-            workers = self.ledger.live_workers()
             n, k = len(workers), workers.index(self.ledger.worker) if self.ledger.worker in workers else 0
             order = [a for i, a in enumerate(archs) if i % n == k] + [a for i, a in enumerate(archs) if i % n != k]
         else:
@@ -181,10 +181,15 @@ class SearchProblem:
             waiting = still
         return [done[a.key()] for a in archs]
 
+    @property
+    def shared(self) -> bool:
+        """Whether other workers may use the ledger's storage (any but one in memory)."""
+        return not isinstance(self.ledger.storage, optuna.storages.InMemoryStorage)
+
     def _claim_and_evaluate(self, arch: Arch, scorer: Callable | None) -> Evaluation | None:
         """Evaluate ``arch`` if this worker gets it; its evaluation if it is in the ledger;
         None while another live worker holds it."""
-        status, claim = self.ledger.claim(arch)
+        status, claim = self.ledger.claim(arch, shared=self.shared)
         if status == "done":
             self.n_reused += 1
             return self._record(claim)
@@ -193,22 +198,12 @@ class SearchProblem:
         trial_id = claim
         ops = self.space.ops(arch)
         cost = self.cost_model.cost(ops)
-        beating = threading.Event()
-
-        def heartbeat():  # lets workers on other hosts see that this one is alive
-            while not beating.wait(HEARTBEAT_SECONDS):
-                self.ledger.heartbeat(trial_id)
-
-        beat = threading.Thread(target=heartbeat, daemon=True)
-        beat.start()
         try:
-            score = (scorer or self.evaluator.evaluate)(self.space, arch)
+            with beating(self.ledger, trial_id):  # lets workers on other hosts see this one is alive
+                score = (scorer or self.evaluator.evaluate)(self.space, arch)
         except Exception as exc:
             self.ledger.fail(trial_id, f"{type(exc).__name__}: {exc}")
             raise
-        finally:
-            beating.set()
-            beat.join()
         metrics = {"macs": sum(op.macs() for op in ops), "params": sum(op.num_params() for op in ops),
                    **score.metrics}
         evaluation = Evaluation(arch, float(score.quality), cost, metrics, feasible=self.within_budget(cost))
