@@ -221,11 +221,7 @@ class Ledger:
             return "done", self._complete[key]
         if not shared:
             if key in self._stale:
-                trial_id = self._stale.pop(key)
-                self.storage.set_trial_user_attr(trial_id, "worker", self.worker)
-                self.storage.set_trial_user_attr(trial_id, "resumed", True)
-                self.heartbeat(trial_id)
-                return "mine", trial_id
+                return "mine", self._take_over(self._stale.pop(key))
             return "mine", self._new_trial(arch)
         trials = self._trials_of(key)
         for t in trials:
@@ -236,10 +232,7 @@ class Ledger:
         if any(trial_alive(t) for t in running):
             return "busy", None
         if running:  # its worker died: take the trial over
-            trial_id = min(running, key=lambda t: t.number)._trial_id
-            self.storage.set_trial_user_attr(trial_id, "worker", self.worker)
-            self.storage.set_trial_user_attr(trial_id, "resumed", True)
-            self.heartbeat(trial_id)
+            trial_id = self._take_over(min(running, key=lambda t: t.number)._trial_id)
             if self.storage.get_trial(trial_id).user_attrs.get("worker") != self.worker:
                 return "busy", None  # another survivor took it over at the same moment
             return "mine", trial_id
@@ -252,6 +245,13 @@ class Ledger:
                 return "done", self._complete[key]
             return "busy", None
         return "mine", trial_id
+
+    def _take_over(self, trial_id: int) -> int:
+        """Make a dead worker's RUNNING trial this worker's."""
+        self.storage.set_trial_user_attr(trial_id, "worker", self.worker)
+        self.storage.set_trial_user_attr(trial_id, "resumed", True)
+        self.heartbeat(trial_id)
+        return trial_id
 
     def _new_trial(self, arch: Arch) -> int:
         params = {name: arch[name] for name in self.distributions}
