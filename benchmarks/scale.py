@@ -1,5 +1,6 @@
-"""Shared search on PostgreSQL: throughput of 1, 2 and 4 workers sharing one study, and
-the database's overhead per trial.
+"""Scale-out: shared search on PostgreSQL (throughput of 1, 2 and 4 workers sharing one
+study, and the database's overhead per trial) and supernet training under torchrun (the
+step time of 2 processes against 1).
 
 Each worker is a process running random search with the same seed on NAS-Bench-201 with
 the tabular evaluator (an evaluation is a table look-up, so the time is the ledger's:
@@ -9,13 +10,22 @@ the common start to the last worker's end. The overhead per trial is the time of
 worker on PostgreSQL minus its time on an in-memory ledger, per candidate. A local server
 is started for the run (Debian's postgresql package) and stopped afterwards.
 
-    python benchmarks/scale.py [--n-evals 200] [--workers 1 2 4]
+DDP: TuNAS (one stage) on the uib supernet, synthetic 32x32 RGB images, global batch 64 cut
+into 2 micro-batches (each on its own path); the step time is rank 0's, from its first to
+its last logged step (setup and the final evaluation excluded). The baseline is one
+process doing both micro-batches with as many threads as the 2 processes have together.
+
+    python benchmarks/scale.py [--n-evals 200] [--workers 1 2 4] [--ddp-steps 40] [--skip-shared]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
+import os
+import subprocess
+import sys
 import time
 
 import nas
@@ -58,11 +68,62 @@ def run_workers(storage, study: str, n_workers: int, n_evals: int) -> dict:
             "complete": all(r[2] == n_evals for r in rows)}
 
 
+def ddp_worker(steps: int, micro_batches: int) -> None:
+    """One process of the DDP measurement (started by torchrun, or alone): prints rank 0's
+    seconds per training step as JSON."""
+    space = nas.get_space("uib", resolution=32, in_channels=3, num_classes=10)
+    data = nas.get_dataset("synthetic", n=4096, num_classes=10, resolution=32, in_channels=3)
+    evaluator = nas.get_evaluator("train", epochs=1, device="cpu")  # after the timed steps
+    evaluator.bind(space, data)
+    problem = SearchProblem(space, nas.get_cost_model("macs"), evaluator, None, None, 0, False)
+    marks = []
+    problem.log_progress = lambda step, values: marks.append((step, time.perf_counter()))
+    searcher = nas.get_searcher("tunas", stages=1, steps=steps, batch_size=64, reward_batch_size=64,
+                                target_cost=5e6, measure_latency=False, micro_batches=micro_batches)
+    run_search(searcher, problem)
+    if problem.world.is_main:
+        (s0, t0), (s1, t1) = marks[0], marks[-1]
+        print(json.dumps({"seconds_per_step": (t1 - t0) / (s1 - s0)}))
+
+
+def ddp_step_time(processes: int, threads: int, steps: int) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    worker = [__file__, "--ddp-worker", "--ddp-steps", str(steps)]
+    if processes > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *worker]
+    else:
+        cmd = [sys.executable, *worker]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    line = [x for x in out.stdout.splitlines() if x.startswith("{")][-1]
+    return json.loads(line)["seconds_per_step"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-evals", type=int, default=200)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--ddp-steps", type=int, default=40)
+    parser.add_argument("--skip-shared", action="store_true", help="only the DDP measurement")
+    parser.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ddp_worker:
+        return ddp_worker(args.ddp_steps, 2)
+    if not args.skip_shared:
+        shared_search(args)
+    cores = os.cpu_count() or 2
+    print(f"DDP: tunas on uib (32x32 synthetic), global batch 64 in 2 micro-batches, {args.ddp_steps} steps")
+    one = ddp_step_time(1, 2, args.ddp_steps)
+    one_thread = ddp_step_time(1, 1, args.ddp_steps)
+    two = ddp_step_time(2, 1, args.ddp_steps)
+    print(f"  1 process, 2 threads:        {1000 * one:8.1f} ms/step")
+    print(f"  1 process, 1 thread:         {1000 * one_thread:8.1f} ms/step")
+    print(f"  2 processes, 1 thread each:  {1000 * two:8.1f} ms/step  "
+          f"(step-time ratio 2 vs 1 process: {two / one:.2f}; speed-up {one / two:.2f}x; {cores} cores here)")
+
+
+def shared_search(args) -> None:
     install_postgres()
     memory = run_workers("memory", "mem", 1, args.n_evals)
     print(f"random search, nb201 table, {args.n_evals} candidates, seed 0")

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from nas.arch import Arch
 from nas.data import ImageDataset, Split
+from nas.distributed import RunningStats, World, sum_gradients
 from nas.errors import NASError
 from nas.ops import build_sequential
 from nas.train import TrainingCheckpoint
@@ -126,16 +127,26 @@ def hold_out(data: ImageDataset, n: int, seed: int) -> tuple[ImageDataset, Split
 
 def distill(net: LayerwiseNet, options: list[list], data: ImageDataset, input_shape, epochs: int, batch_size: int,
             lr: float, seed: int, device, max_batches: int | None = None, checkpoint: Path | None = None,
-            every: int = 20, progress: bool = True, on_step=None) -> dict:
+            every: int = 20, progress: bool = True, on_step=None, world: World = World(),
+            micro_batches: int | None = None) -> dict:
     """Train every candidate in ``options`` (Eq. 2): per batch, the teacher (frozen, eval
     mode) gives each layer's input and output; every candidate of that layer maps the
     input and takes an MSE loss to the output; one Adam step (cosine schedule) over all
     candidates. Checkpoints (candidates, optimizer, position) go to ``checkpoint`` every
     ``every`` steps and at the end; a call with the same arguments resumes from there and
     ends where an uninterrupted run ends. ``on_step(step, mse)`` sees each step's MSE per
-    candidate (``"layer:option"``). Returns the last batch's MSE per candidate."""
+    candidate (``"layer:option"``). Returns the last batch's MSE per candidate.
+
+    Each batch is cut into ``micro_batches`` slices (default: one per process of
+    ``world``; :mod:`nas.distributed`), each weighted by its share of the batch; under
+    torchrun the processes share them and add their gradients, and rank 0 alone writes
+    the checkpoint. The result equals one process's with the same ``micro_batches``."""
     if epochs < 1 or batch_size < 2:
         raise NASError(f"pretraining needs epochs >= 1 and batch_size >= 2, got {epochs}, {batch_size}")
+    n_micro, mine = world.micro_batches(micro_batches, "searcher.micro_batches")
+    if batch_size < 2 * n_micro:
+        raise NASError(f"searcher.batch_size ({batch_size}) must give each of the {n_micro} micro-batches at least "
+                       "2 examples")
     net.add_candidates(options)
     trained = [(i, o) for i, opts in enumerate(options) for o in opts
                if o != net.space.reference_option and any(True for _ in net.module(i, o).parameters())]
@@ -151,9 +162,9 @@ def distill(net: LayerwiseNet, options: list[list], data: ImageDataset, input_sh
         per_epoch = min(per_epoch, int(max_batches))
     total = epochs * per_epoch
     identity = {"seed": seed, "candidates": [(i, str(o)) for i, o in trained], "epochs": epochs,
-                "batch_size": batch_size, "lr": lr, "per_epoch": per_epoch}
+                "batch_size": batch_size, "lr": lr, "per_epoch": per_epoch, "micro_batches": n_micro}
     done = 0
-    saver = TrainingCheckpoint(checkpoint, every, identity)
+    saver = TrainingCheckpoint(checkpoint, every, identity, world)
     state = saver.load()
     if state is not None:
         net.candidates.load_state_dict(state["candidates"])
@@ -168,25 +179,29 @@ def distill(net: LayerwiseNet, options: list[list], data: ImageDataset, input_sh
         for step in range(done, total):
             epoch, s = divmod(step, per_epoch)
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-            x, _ = data.batch(data.train, perm[s * batch_size:(s + 1) * batch_size], input_shape)
-            x = x.to(device, memory_format=torch.channels_last)
-            with torch.no_grad():
-                acts = net.layer_inputs(x)
+            batch = torch.tensor_split(perm[s * batch_size:(s + 1) * batch_size], n_micro)
             for group in opt.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
             opt.zero_grad(set_to_none=True)
-            losses = []
-            for i, o in trained:
-                module = net.module(i, o).train()
-                loss = F.mse_loss(module(acts[i]), acts[i + 1])
-                if not torch.isfinite(loss):
-                    raise NASError(f"pretraining diverged: candidate {o!r} of layer {i + 1} has loss {loss.item()} "
+            step_mse = torch.zeros(len(trained), dtype=torch.float64)
+            with RunningStats(net.candidates, world, n_micro) as stats:
+                for p in mine:
+                    x, _ = data.batch(data.train, batch[p], input_shape)
+                    x = x.to(device, memory_format=torch.channels_last)
+                    with torch.no_grad():
+                        acts = net.layer_inputs(x)
+                    losses = [F.mse_loss(net.module(i, o).train()(acts[i]), acts[i + 1]) for i, o in trained]
+                    stacked = torch.stack(losses) * (len(batch[p]) / batch_size)
+                    stacked.sum().backward()
+                    stats.pass_done()
+                    step_mse += stacked.detach().double().cpu()
+            step_mse = sum_gradients(world, [opt], step_mse.tolist())
+            for (i, o), value in zip(trained, step_mse):
+                if not math.isfinite(value):
+                    raise NASError(f"pretraining diverged: candidate {o!r} of layer {i + 1} has loss {value} "
                                    f"at step {step}; lower searcher.pretrain_lr")
-                losses.append(loss)
-            stacked = torch.stack(losses)
-            stacked.sum().backward()
             opt.step()
-            mse = {f"{i}:{o}": float(v) for (i, o), v in zip(trained, stacked.detach())}
+            mse = {f"{i}:{o}": float(v) for (i, o), v in zip(trained, step_mse)}
             bar.update(1)
             bar.set_postfix(mean_mse=f"{np.mean(list(mse.values())):.4f}", refresh=False)
             if on_step is not None:

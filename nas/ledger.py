@@ -275,6 +275,12 @@ class Ledger:
         self.storage.set_trial_user_attr(trial_id, "error", reason)
         self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
+    def others_evaluating(self) -> list[Arch]:
+        """The archs live workers other than this one are evaluating now."""
+        return [Arch.from_json(t.user_attrs["arch"])
+                for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if "arch_key" in t.user_attrs and t.user_attrs.get("worker") != self.worker and trial_alive(t)]
+
     def close_stale(self) -> int:
         """Mark RUNNING trials of dead workers that nobody took over as FAIL; return how many."""
         stale = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

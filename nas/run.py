@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -288,37 +289,70 @@ def make_components(cfg: dict, need=("searcher", "evaluator", "space", "cost_mod
 
 
 def execute(cfg: dict):
-    """Run one search from a resolved config dict; write the run directory; return the result."""
+    """Run one search from a resolved config dict; write the run directory; return the
+    result (None on processes other than rank 0 under torchrun)."""
+    from nas import distributed
+    from nas.search import check_distributed
+
+    world = distributed.world()  # under torchrun: joins the other processes
+    parts = make_components(cfg)
+    searcher, evaluator, space, data = parts["searcher"], parts["evaluator"], parts["space"], parts["data"]
+    cost_model = parts["cost_model"]
+    one_arch = bool(cfg.get("arch") or cfg.get("decisions"))  # one evaluation, no searcher runs
+    if world.size > 1 and one_arch:
+        raise NASError("arch= and decisions= evaluate one architecture in one process; run them without torchrun")
+    if not one_arch:
+        searcher.check(space)  # before the run directory is made (run_search checks again for library callers)
+        check_distributed(searcher, world)
+    evaluator.bind(space, data)
+
+    run_dir = Path(cfg["output_dir"]) / cfg["run_name"]
+    if not world.is_main:
+        return follow(cfg, world, searcher, space, cost_model, evaluator, run_dir)
+    return lead(cfg, world, searcher, space, data, cost_model, evaluator, run_dir, one_arch)
+
+
+def follow(cfg: dict, world, searcher, space, cost_model, evaluator, run_dir: Path) -> None:
+    """A process other than rank 0 under torchrun: it trains its share of the search and
+    writes nothing (rank 0 keeps the run directory, ledger and checkpoints)."""
+    from nas.ledger import Ledger
+    from nas.search import SearchProblem, run_search
+
+    failed = world.broadcast(None)  # rank 0's setup
+    if failed is not None:
+        raise NASError(failed)
+    problem = SearchProblem(space, cost_model, evaluator, Ledger(space, cfg["run_name"]), cfg.get("budget"),
+                            cfg["seed"], False, None, run_dir, world)
+    run_search(searcher, problem)
+
+
+def lead(cfg: dict, world, searcher, space, data, cost_model, evaluator, run_dir: Path, one_arch: bool):
+    """The run in one process, or as rank 0 under torchrun: writes the run directory."""
     from nas.ledger import Ledger
     from nas.plot import plot_layer_costs, plot_pareto, plot_trajectory
     from nas.search import SearchProblem, run_search
     from nas.tracking import make_logger
 
-    parts = make_components(cfg)
-    searcher, evaluator, space, data = parts["searcher"], parts["evaluator"], parts["space"], parts["data"]
-    cost_model, target = parts["cost_model"], cfg["target"]
-    one_arch = bool(cfg.get("arch") or cfg.get("decisions"))  # one evaluation, no searcher runs
-    if not one_arch:
-        searcher.check(space)  # before the run directory is made (run_search checks again for library callers)
-    evaluator.bind(space, data)
+    target = cfg["target"]
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = run_dir / "config.yaml"
+        if config_path.exists():
+            old = yaml.safe_load(config_path.read_text()) or {}
+            diffs = _same_evaluations(old, cfg)
+            if diffs:
+                raise NASError(f"run {str(run_dir)!r} was made with other settings ({', '.join(diffs[:4])} differ), "
+                               "so its evaluations do not apply; choose another run_name or output_dir")
+        config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
-    run_dir = Path(cfg["output_dir"]) / cfg["run_name"]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
-    if config_path.exists():
-        old = yaml.safe_load(config_path.read_text()) or {}
-        diffs = _same_evaluations(old, cfg)
-        if diffs:
-            raise NASError(f"run {str(run_dir)!r} was made with other settings ({', '.join(diffs[:4])} differ), "
-                           "so its evaluations do not apply; choose another run_name or output_dir")
-    config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-
-    storage = cfg.get("storage") or f"sqlite:///{(run_dir / 'ledger.db').resolve()}"
-    ledger = Ledger(space, cfg["run_name"], storage, evaluator.metric, cost_model.name or "cost")
-    n_before = len(ledger)
+        storage = cfg.get("storage") or f"sqlite:///{(run_dir / 'ledger.db').resolve()}"
+        ledger = Ledger(space, cfg["run_name"], storage, evaluator.metric, cost_model.name or "cost")
+        n_before = len(ledger)
+        tracker = make_logger(cfg, run_dir, evaluator.metric, f"{target['name']} ({cost_model.unit})")
+    except NASError as exc:
+        world.broadcast(str(exc))  # the processes waiting for the setup stop with the same error
+        raise
     model_path = run_dir / "model.pt"
-
-    tracker = make_logger(cfg, run_dir, evaluator.metric, f"{target['name']} ({cost_model.unit})")
 
     def on_evaluation(evaluation, model, best_before):
         save_best_model(evaluation, model, best_before)
@@ -336,7 +370,8 @@ def execute(cfg: dict):
                           "arch_key": evaluation.arch.key(), "state_dict": model.state_dict()}, model_path)
 
     problem = SearchProblem(space, cost_model, evaluator, ledger, cfg.get("budget"), cfg["seed"],
-                            bool(cfg.get("progress", True)), on_evaluation, run_dir)
+                            bool(cfg.get("progress", True)), on_evaluation, run_dir, world)
+    world.broadcast(None)  # the setup went well: the other processes start
     if n_before:
         print(f"resuming run {cfg['run_name']!r}: {n_before} evaluations in its ledger", file=sys.stderr)
     try:
@@ -430,9 +465,12 @@ def export_model(run_dir) -> str | None:
 def _hydra_task(cfg) -> None:
     from omegaconf import OmegaConf
 
+    from nas.distributed import leave
+
     container = OmegaConf.to_container(cfg, resolve=True)
     try:
         execute(container)
+        leave()
     except NASError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
@@ -475,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, handle_sigterm)  # training searchers checkpoint, then stop
     task = hydra.main(version_base=None, config_path="conf", config_name="config")(_hydra_task)
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 alone writes Hydra's files
+        argv += ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
     sys.argv = [sys.argv[0]] + argv
     task()
     return 0

@@ -12,11 +12,14 @@ from typing import Callable
 import optuna
 from tqdm.auto import tqdm
 
+from nas import distributed
 from nas.arch import Arch
 from nas.costs import CostModel
+from nas.distributed import World
 from nas.errors import NASError
 from nas.evaluators import Evaluator
 from nas.ledger import Evaluation, Ledger, ProgressLog, beating
+from nas.registry import SEARCHERS
 from nas.space import Space
 
 
@@ -74,7 +77,7 @@ class SearchProblem:
 
     def __init__(self, space: Space, cost_model: CostModel, evaluator: Evaluator, ledger: Ledger | None = None,
                  budget: float | None = None, seed: int = 0, progress: bool = True,
-                 on_evaluation: Callable | None = None, work_dir=None):
+                 on_evaluation: Callable | None = None, work_dir=None, world: World | None = None):
         self.space = space
         self.cost_model = cost_model
         self.evaluator = evaluator
@@ -85,6 +88,8 @@ class SearchProblem:
         self.on_evaluation = on_evaluation
         #: where searchers keep checkpoints (the run directory from the CLI; None: no checkpoints)
         self.work_dir = work_dir
+        #: the processes training this search together (torchrun; see nas.distributed)
+        self.world = world if world is not None else distributed.world()
         self.history: list[Evaluation] = []
         self._by_key: dict[str, Evaluation] = {}
         self.n_reused = 0
@@ -238,6 +243,9 @@ class Searcher(abc.ABC):
 
     name: str = ""
     requires: tuple[str, ...] = ()
+    #: whether it runs under torchrun: its training is shared by the processes, and
+    #: :meth:`search` returns None on all but rank 0
+    distributed: bool = False
 
     def check(self, space: Space) -> None:
         for capability in self.requires:
@@ -248,14 +256,25 @@ class Searcher(abc.ABC):
         """Run the search; every evaluation goes through ``problem.evaluate``."""
 
 
+def check_distributed(searcher: Searcher, world: World) -> None:
+    """Under torchrun, only searchers that train shared weights run."""
+    if world.size > 1 and not searcher.distributed:
+        names = ", ".join(sorted(n for n in SEARCHERS.names() if getattr(SEARCHERS.get(n), "distributed", False)))
+        raise NASError(f"searcher {searcher.name!r} trains no shared weights, so torchrun has nothing to split; "
+                       f"run it as one process (workers share a study through storage=...) or use {names}")
+
+
 def run_search(searcher: Searcher, problem: SearchProblem) -> SearchResult:
     """Check compatibility and the budget, run the searcher, close the ledger's loose ends."""
     searcher.check(problem.space)
+    check_distributed(searcher, problem.world)
     problem.check_budget()
     try:
         result = searcher.search(problem)
     finally:
         problem.end()
+    if result is None and not problem.world.is_main:
+        return None
     problem.ledger.close_stale()
     problem.progress.finish()
     result.extras.setdefault("searcher", searcher.name)

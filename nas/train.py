@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from nas.data import ImageDataset, Split
+from nas.distributed import World
 from nas.errors import NASError
 
 
@@ -27,11 +28,15 @@ def resolve_device(device: str) -> torch.device:
         raise NASError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'") from None
 
 
-def sample_batch(data: ImageDataset, pool: torch.Tensor, size: int, generator: torch.Generator, input_shape,
-                 device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``size`` training examples drawn with replacement from the indices ``pool``, on
-    ``device`` in channels-last layout (what searchers that train supernets step on)."""
-    idx = pool[torch.randint(len(pool), (size,), generator=generator)]
+def sample_indices(pool: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``size`` indices drawn with replacement from ``pool`` (a step's global batch: every
+    process draws the same and takes its micro-batches of it)."""
+    return pool[torch.randint(len(pool), (size,), generator=generator)]
+
+
+def load_batch(data: ImageDataset, idx: torch.Tensor, input_shape, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training examples ``idx`` on ``device``, in the channels-last layout searchers
+    that train supernets step on."""
     x, y = data.batch(data.train, idx, input_shape)
     return x.to(device, memory_format=torch.channels_last), y.to(device)
 
@@ -61,21 +66,26 @@ class TrainingCheckpoint:
     """Checkpoints of a searcher's training loop in ``path`` (None: none): at the end of
     every ``every``-th step and, after SIGTERM, of the current step (then the run stops
     with KeyboardInterrupt; the same command resumes). ``identity`` holds the settings
-    that decide the result: a checkpoint made with others is not resumed."""
+    that decide the result: a checkpoint made with others is not resumed.
 
-    def __init__(self, path: Path | None, every: int, identity: dict):
+    Among processes training together (``world``), rank 0 reads and writes the
+    checkpoint and hands what it read to the others; a SIGTERM any of them received
+    stops all of them after the same step."""
+
+    def __init__(self, path: Path | None, every: int, identity: dict, world: World = World()):
         if every < 1:
             raise NASError(f"checkpoint_every must be >= 1, got {every}")
         self.path, self.every, self.identity = (Path(path) if path is not None else None), every, identity
+        self.world = world
 
     def load(self) -> dict | None:
-        if self.path is None or not self.path.exists():
-            return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        if state.get("identity") != self.identity:
-            print(f"note: {self.path} was made with other settings; starting afresh", file=sys.stderr)
-            return None
-        return state
+        state = None
+        if self.world.is_main and self.path is not None and self.path.exists():
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            if state.get("identity") != self.identity:
+                print(f"note: {self.path} was made with other settings; starting afresh", file=sys.stderr)
+                state = None
+        return self.world.broadcast(state)
 
     def __enter__(self):
         global _checkpointing_loops
@@ -89,10 +99,8 @@ class TrainingCheckpoint:
     def step_done(self, step: int, state, last: bool = False) -> None:
         """After step ``step`` (0-based); ``state()`` gives what to save (``last``: the
         loop's final step, always saved)."""
-        if self.path is None:
-            return
-        stop = STOP_REQUESTED.is_set()
-        if (step + 1) % self.every == 0 or stop or last:
+        stop = self.world.any(STOP_REQUESTED.is_set())
+        if self.path is not None and self.world.is_main and ((step + 1) % self.every == 0 or stop or last):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             save_atomic({"identity": self.identity, **state()}, self.path)
         if stop:

@@ -16,6 +16,12 @@ The result is the Arch the relaxation stands for at the end (AFRB: units whose a
 within ``band`` collapse, the others become IBNs with their first activation restored;
 mixed ops: the argmax), trained from scratch by the run's evaluator, with the trajectory
 of the architecture parameters, and the base arch's and the result's MACs and cost.
+
+``micro_batches`` (default: one per process) cuts each step's batch into slices, each
+with its own forward pass (and, for mixed ops, its own Gumbel sample), weighted by its
+share of the batch. Under ``torchrun`` the processes share the micro-batches and add
+their gradients (:mod:`nas.distributed`), so the architecture parameters stay in sync
+and a run equals a one-process run with the same ``micro_batches``.
 """
 
 from __future__ import annotations
@@ -28,21 +34,23 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from nas import NASError, Searcher, register_searcher
+from nas.distributed import RunningStats, sum_gradients
 from nas.ledger import flat_progress
 from nas.lut import latency_report
-from nas.train import TrainingCheckpoint, resolve_device, rng_states, sample_batch, set_rng_states
+from nas.train import TrainingCheckpoint, load_batch, resolve_device, rng_states, sample_indices, set_rng_states
 
 
 @register_searcher("differentiable")
 class Differentiable(Searcher):
     requires = ("relaxed",)
+    distributed = True
 
     def __init__(self, steps: int = 300, batch_size: int = 64, lr: float = 0.05, momentum: float = 0.9,
                  weight_decay: float = 4e-5, arch_lr: float = 0.05, penalty_weight: float = 0.01,
                  cost_weight: float = 0.0, band: list = (0.8, 1.3), alpha_init: float = 0.0,
                  cost_sigma: float = 0.25, tau: float = 1.0, base: str | None = None, evaluate_base: bool = False,
                  snapshots: int = 20, measure_latency: bool = True, device: str = "auto",
-                 checkpoint_every: int = 50):
+                 checkpoint_every: int = 50, micro_batches: int | None = None):
         if steps < 1 or batch_size < 2:
             raise NASError(f"searcher.steps must be >= 1 and batch_size >= 2, got {steps}, {batch_size}")
         if lr <= 0 or arch_lr <= 0:
@@ -65,7 +73,7 @@ class Differentiable(Searcher):
         self.measure_latency, self.device = measure_latency, device
         if checkpoint_every < 1:
             raise NASError(f"searcher.checkpoint_every must be >= 1, got {checkpoint_every}")
-        self.checkpoint_every = checkpoint_every
+        self.checkpoint_every, self.micro_batches = checkpoint_every, micro_batches
 
     def search(self, problem):
         from nas.run import load_arch
@@ -77,6 +85,11 @@ class Differentiable(Searcher):
                            f"{problem.evaluator.name!r} has none (use evaluator=train)")
         device = getattr(problem.evaluator, "device", None) if self.device == "auto" else None
         device = device or resolve_device(self.device)
+        world = problem.world
+        n_micro, mine = world.micro_batches(self.micro_batches, "searcher.micro_batches")
+        if self.batch_size < 2 * n_micro:
+            raise NASError(f"searcher.batch_size ({self.batch_size}) must give each of the {n_micro} micro-batches "
+                           "at least 2 examples")
         try:
             base = load_arch(self.base, space) if self.base else space.default_arch()
         except NASError as exc:
@@ -96,12 +109,13 @@ class Differentiable(Searcher):
         options = {d.name: d.options for d in space.decisions()}  # labels of a relaxation's probabilities
         # Weights, architecture parameters, both optimizers, random states and position, so a
         # killed (or SIGTERM-stopped) run resumes where it was and ends as an uninterrupted one.
-        identity = {"searcher": {k: v for k, v in vars(self).items()
-                                 if k not in ("measure_latency", "device", "checkpoint_every")},
+        identity = {"searcher": {**{k: v for k, v in vars(self).items()
+                                    if k not in ("measure_latency", "device", "checkpoint_every")},
+                                 "micro_batches": n_micro},
                     "seed": problem.seed, "space": space.config(), "base": dict(base)}
         checkpoint = TrainingCheckpoint(
             Path(problem.work_dir) / "differentiable" / "state.pt" if problem.work_dir else None,
-            self.checkpoint_every, identity)
+            self.checkpoint_every, identity, world)
         resumed = checkpoint.load()
         first_step = 0
         if resumed is not None:
@@ -125,10 +139,12 @@ class Differentiable(Searcher):
             with checkpoint:
                 for step in range(first_step, self.steps):
                     self._step(step, relaxation, weights, arch_opt, base_cost, space, data, pool, gen, device, every,
-                               options, trajectory, problem, bar)
+                               options, trajectory, problem, bar, n_micro, mine)
                     checkpoint.step_done(step, state)
         finally:
             bar.close()
+        if not world.is_main:
+            return None  # the relaxation is trained; rank 0 evaluates and reports its result
         arch = relaxation.derive(band=self.band)
         if self.evaluate_base:
             problem.evaluate(base)
@@ -161,29 +177,46 @@ class Differentiable(Searcher):
         return problem.result(**extras)
 
     def _step(self, step, relaxation, weights, arch_opt, base_cost, space, data, pool, gen, device, every, options,
-              trajectory, problem, bar) -> None:
-        """One joint step of weights and architecture parameters (and a snapshot every
+              trajectory, problem, bar, n_micro: int, mine: range) -> None:
+        """One joint step of weights and architecture parameters over ``n_micro``
+        micro-batches, of which this process computes ``mine`` (and a snapshot every
         ``every`` steps)."""
+        world = problem.world
         for group in weights.param_groups:  # cosine schedule
             group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * step / self.steps))
-        x, y = sample_batch(data, pool, self.batch_size, gen, space.input_shape, device)
+        batch = torch.tensor_split(sample_indices(pool, self.batch_size, gen), n_micro)
+        noise = relaxation.generators()
+        # each micro-batch's own random draws (Gumbel noise), the same in whichever process runs it
+        noise_seeds = [int(torch.randint(2 ** 62, (1,), generator=gen)) for _ in range(n_micro)] if noise else []
         relaxation.train()
-        task = F.cross_entropy(relaxation(x), y)
-        penalty = relaxation.penalty()
-        expected = relaxation.expected_cost()
-        loss = task + self.penalty_weight * penalty
-        if self.cost_weight:
-            loss = loss + self.cost_weight * expected / base_cost
-        if not torch.isfinite(loss):
-            raise NASError(f"differentiable search diverged at step {step} (loss {loss.item()}); lower "
-                           "searcher.lr or searcher.arch_lr")
         weights.zero_grad(set_to_none=True)
         arch_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        penalty = relaxation.penalty()
+        expected = relaxation.expected_cost()
+        extra = self.penalty_weight * penalty
+        if self.cost_weight:
+            extra = extra + self.cost_weight * expected / base_cost
+        if world.is_main and extra.requires_grad:  # terms of the architecture alone: counted once
+            extra.backward()  # first: the sums of gradients then run in the same order in any world
+        task = 0.0
+        with RunningStats(relaxation, world, n_micro) as stats:
+            for p in mine:
+                for j, g in enumerate(noise):
+                    g.manual_seed(noise_seeds[p] + j)
+                x, y = load_batch(data, batch[p], space.input_shape, device)
+                share = F.cross_entropy(relaxation(x), y) * (len(batch[p]) / self.batch_size)
+                share.backward()
+                stats.pass_done()
+                task += share.item()
+        (task,) = sum_gradients(world, [weights, arch_opt], [task])
+        loss = task + float(extra.detach())
+        if not math.isfinite(loss):
+            raise NASError(f"differentiable search diverged at step {step} (loss {loss}); lower "
+                           "searcher.lr or searcher.arch_lr")
         weights.step()
         arch_opt.step()
         if step % every == 0 or step == self.steps - 1:
-            trajectory.append({"step": step, "loss": task.item(), "penalty": penalty.item(),
+            trajectory.append({"step": step, "loss": task, "penalty": penalty.item(),
                                "expected_cost": float(expected.detach()), relaxation.state_kind: relaxation.state()})
             snapshot = trajectory[-1]
             problem.log_progress(step, {
@@ -191,4 +224,4 @@ class Differentiable(Searcher):
                 **flat_progress("P " if relaxation.state_kind == "probs" else "alpha ",
                                 snapshot[relaxation.state_kind], options)})
         bar.update(1)
-        bar.set_postfix(loss=f"{task.item():.3f}", cost=f"{float(expected.detach()):.4g}", refresh=False)
+        bar.set_postfix(loss=f"{task:.3f}", cost=f"{float(expected.detach()):.4g}", refresh=False)

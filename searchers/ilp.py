@@ -276,6 +276,7 @@ class ILPSearch(Searcher):
     """
 
     requires = ("layerwise",)
+    distributed = True  # pretraining (step 2) is shared by torchrun's processes
 
     def __init__(self, k: int = 10, overlap: int | None = None, solver: str = "auto", gap: float = 1e-3,
                  budget_ratio: float = 0.6, zero_shot: bool = False, prefilter: bool = True,
@@ -283,7 +284,7 @@ class ILPSearch(Searcher):
                  pretrain_batches: int | None = None, pretrain_lr: float = 2e-3, batch_size: int = 64,
                  held_out: int = 512, checkpoint_every: int = 20, finetune_epochs: int = 2,
                  distill_weight: float = 1.0, temperature: float = 1.0, measure_latency: bool = True,
-                 device: str = "auto"):
+                 device: str = "auto", micro_batches: int | None = None):
         if k < 1:
             raise NASError(f"searcher.k must be >= 1, got {k}")
         if solver not in SOLVERS:
@@ -306,7 +307,7 @@ class ILPSearch(Searcher):
         self.pretrain_lr, self.batch_size, self.held_out = pretrain_lr, batch_size, held_out
         self.checkpoint_every, self.finetune_epochs = checkpoint_every, finetune_epochs
         self.distill_weight, self.temperature = distill_weight, temperature
-        self.measure_latency, self.device = measure_latency, device
+        self.measure_latency, self.device, self.micro_batches = measure_latency, device, micro_batches
 
     # ------------------------------------------------------------------ steps
     def _teacher(self, problem, net, data, device, work: Path | None) -> str:
@@ -367,8 +368,9 @@ class ILPSearch(Searcher):
                            f"{problem.evaluator.name!r} has none (use evaluator=train)")
         device = getattr(problem.evaluator, "device", None) if self.device == "auto" else None
         device = device or resolve_device(self.device)
+        world = problem.world
         work = Path(problem.work_dir) / "hant" if problem.work_dir is not None else None
-        if work is not None:
+        if work is not None and world.is_main:
             work.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(problem.seed)
         net = LayerwiseNet(space)
@@ -378,8 +380,12 @@ class ILPSearch(Searcher):
         xh = xh.to(device, memory_format=torch.channels_last)
         yh = yh.to(device)
 
-        # 1. teacher
-        teacher_source = self._teacher(problem, net, train_data, device, work)
+        # 1. teacher (under torchrun: rank 0's, handed to the others)
+        teacher_source = self._teacher(problem, net, train_data, device, work) if world.is_main else None
+        if world.size > 1:
+            teacher_source, teacher_state = world.broadcast(
+                (teacher_source, net.teacher.state_dict() if world.is_main else None))
+            net.teacher.load_state_dict(teacher_state)
         net.to(device=device, memory_format=torch.channels_last)
         teacher_arch = space.validate({d.name: space.reference_option for d in space.decisions()})
         teacher_cost = problem.cost(teacher_arch)
@@ -388,9 +394,10 @@ class ILPSearch(Searcher):
             # result (and model.pt) is the accelerated network, not the teacher.
             problem.budget = self.budget_ratio * teacher_cost
         budget = problem.budget
-        teacher_acc, _ = accuracy(net.teacher, data, data.val, shape, 512, device)
-        teacher_model = copy.deepcopy(net.teacher).cpu()
-        problem.evaluate(teacher_arch, lambda s, a: Score(teacher_acc, {"accuracy": teacher_acc}, teacher_model))
+        if world.is_main:
+            teacher_acc, _ = accuracy(net.teacher, data, data.val, shape, 512, device)
+            teacher_model = copy.deepcopy(net.teacher).cpu()
+            problem.evaluate(teacher_arch, lambda s, a: Score(teacher_acc, {"accuracy": teacher_acc}, teacher_model))
 
         # 2. candidates and their costs
         options, costs = self._options(space, cost_model)
@@ -413,9 +420,11 @@ class ILPSearch(Searcher):
         if not self.zero_shot:
             distill(net, options, train_data, shape, self.pretrain_epochs, self.batch_size, self.pretrain_lr,
                     problem.seed, device, self.pretrain_batches, work / "candidates.pt" if work else None,
-                    self.checkpoint_every, problem.show_progress, log_pretraining)
+                    self.checkpoint_every, problem.show_progress, log_pretraining, world, self.micro_batches)
         else:
             net.add_candidates(options)
+        if not world.is_main:
+            return None  # the candidates are trained; rank 0 scores, selects and fine-tunes
 
         # 3. scores
         base_loss, scores = loss_changes(net, options, xh, yh)

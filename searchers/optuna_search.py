@@ -6,6 +6,15 @@ ledger on resume: each proposal uses a sampler seeded by ``(seed, proposal index
 evaluations already in the ledger come back without work, so a resumed search makes
 exactly the proposals of an uninterrupted one. Proposals over the budget are priced but
 not trained; the sampler learns of them as constraint violations.
+
+Workers sharing a ledger (same ``run_name`` and ``storage``) propose in parallel: while
+other workers are alive, each learns the others' finished evaluations from the ledger
+before every proposal, the k-th registered worker proposes from its own seed stream
+``(seed, k)`` (the first keeps the single worker's), and no worker starts another
+evaluation once the ledger holds ``n_evals`` evaluations, finished or under way; each
+worker's result is the whole shared search. Like any asynchronous parallel optimisation, what such a
+search proposes then depends on the order in which results arrive; alone, a worker's
+search is exactly the single-process one.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution
+from optuna.trial import create_trial
 
 from nas import Arch, NASError, Searcher, register_searcher
 
@@ -49,12 +59,41 @@ class OptunaSearch(Searcher):
         # TPE maximises quality alone (the budget is its constraint); NSGA-II trades both.
         directions = ["maximize", "minimize"] if self.sampler == "nsga2" else ["maximize"]
         study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), directions=directions)
-        seeds = np.random.SeedSequence(problem.seed)
+        streams: dict[int, np.random.SeedSequence] = {}  # worker index -> its proposals' seeds
+        told: set[str] = set()  # archs whose results the sampler has
+        together = False  # whether other workers took part
         problem.begin(self.n_evals, desc=f"optuna {self.sampler}")
         proposals, over_budget = 0, 0
         limit = self.n_evals * self.max_proposals_per_eval
-        while problem.n_evaluated < self.n_evals and proposals < limit:
-            seed = int(seeds.spawn(1)[0].generate_state(1)[0])
+
+        def tell(trial_or_none, quality, cost, params=None):
+            values = [quality, cost] if len(directions) == 2 else quality
+            if trial_or_none is not None:
+                study.tell(trial_or_none, values)
+                return
+            # another worker's result: the sampler learns it as a finished trial
+            attrs = {"constraints:cost_over_budget": cost - problem.budget} if constrained else {}
+            study.add_trial(create_trial(params=params, distributions=distributions,
+                                         values=values if len(directions) == 2 else [values], system_attrs=attrs))
+
+        while proposals < limit:
+            workers = problem.ledger.live_workers() if problem.shared else []
+            if len(workers) > 1:
+                together = True
+                problem.ledger.refresh()
+                for evaluation in problem.ledger.evaluations():
+                    if evaluation.arch.key() not in told:
+                        told.add(evaluation.arch.key())
+                        tell(None, evaluation.quality, evaluation.cost, dict(evaluation.arch))
+                # others' evaluations under way count: they will be in the ledger
+                if len(problem.ledger.evaluations()) + len(problem.ledger.others_evaluating()) >= self.n_evals:
+                    break
+            elif problem.n_evaluated >= self.n_evals:
+                break
+            k = workers.index(problem.ledger.worker) if problem.ledger.worker in workers else 0
+            if k not in streams:
+                streams[k] = np.random.SeedSequence(problem.seed if k == 0 else [problem.seed, k])
+            seed = int(streams[k].spawn(1)[0].generate_state(1)[0])
             study.sampler = self._make_sampler(seed)
             trial = study.ask(distributions)
             proposals += 1
@@ -66,8 +105,17 @@ class OptunaSearch(Searcher):
                 # Priced, not trained: the sampler sees a violated constraint, and its
                 # quality (no model exists) stays out of the ledger and the result.
                 over_budget += 1
-                study.tell(trial, [0.0, cost] if len(directions) == 2 else 0.0)
+                tell(trial, 0.0, cost)
                 continue
             evaluation = problem.evaluate(arch)
-            study.tell(trial, [evaluation.quality, evaluation.cost] if len(directions) == 2 else evaluation.quality)
+            told.add(arch.key())
+            tell(trial, evaluation.quality, evaluation.cost)
+        if together:  # the result holds the whole shared search: the others' evaluations (waited for), read back
+            while True:
+                problem.ledger.refresh()
+                rest = [e.arch for e in problem.ledger.evaluations()] + problem.ledger.others_evaluating()
+                rest = [arch for arch in rest if problem.seen(arch) is None]
+                if not rest:
+                    break
+                problem.evaluate_many(rest)
         return problem.result(proposals=proposals, skipped_over_budget=over_budget, sampler=self.sampler)

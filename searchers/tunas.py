@@ -15,6 +15,13 @@ depths) with every block held at the space's default (an inverted bottleneck, ex
 Fused-IB) on the stage-1 shape. ``stages=1`` searches everything at once (the baseline).
 The result is the argmax architecture, trained from scratch by the run's evaluator and
 priced by its cost model; with a measured LUT, its latency is also measured end to end.
+
+``micro_batches`` (default: one per process) splits each step like TuNAS's cores: the
+batch is cut into that many slices, each trained (and, for the controller, rewarded) on
+its own sampled path; weight gradients are averaged, the controller's REINFORCE gradient
+averages the paths' advantages, and the baseline follows their mean reward. Under
+``torchrun`` the processes share the micro-batches (:mod:`nas.distributed`), and a run
+equals a one-process run with the same ``micro_batches``.
 """
 
 from __future__ import annotations
@@ -28,9 +35,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from nas import Arch, NASError, Searcher, register_searcher
+from nas.distributed import RunningStats, sum_gradients
 from nas.ledger import flat_progress
 from nas.lut import latency_report
-from nas.train import TrainingCheckpoint, rng_states, sample_batch, set_rng_states
+from nas.train import TrainingCheckpoint, load_batch, rng_states, sample_indices, set_rng_states
 
 
 class Controller:
@@ -54,24 +62,29 @@ class Controller:
     def values(self, indices: dict[str, int]) -> dict:
         return {d.name: d.options[indices[d.name]] for d in self.decisions}
 
-    def reinforce(self, indices: dict[str, int], advantage: float) -> None:
-        """One REINFORCE step: raise the log-probability of ``indices`` in proportion to
-        ``advantage`` (reward minus baseline)."""
-        log_prob = sum(F.log_softmax(self.logits[n], 0)[i] for n, i in indices.items())
+    def reinforce(self, samples: list[tuple[dict[str, int], float]]) -> None:
+        """One REINFORCE step on ``(indices, advantage)`` samples: raise the log-probability
+        of each sample's ``indices`` in proportion to its ``advantage`` (reward minus
+        baseline), averaged over the samples."""
+        loss = 0
+        for indices, advantage in samples:
+            log_prob = sum(F.log_softmax(self.logits[n], 0)[i] for n, i in indices.items())
+            loss = loss + (-advantage * log_prob) / len(samples)
         self.optimizer.zero_grad()
-        (-advantage * log_prob).backward()
+        loss.backward()
         self.optimizer.step()
 
 
 @register_searcher("tunas")
 class TuNAS(Searcher):
     requires = ("supernet",)
+    distributed = True
 
     def __init__(self, stages: int = 2, steps: int = 250, batch_size: int = 64, reward_batch_size: int = 256,
                  warmup: float = 0.25, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 4e-5,
                  controller_lr: float = 0.1, baseline_momentum: float = 0.95, beta: float = -0.1,
                  target_cost: float | None = None, controller_share: float = 0.2, measure_latency: bool = True,
-                 device: str = "auto", checkpoint_every: int = 50):
+                 device: str = "auto", checkpoint_every: int = 50, micro_batches: int | None = None):
         if stages not in (1, 2):
             raise NASError(f"searcher.stages must be 1 (one-stage baseline) or 2 (MobileNetV4's), got {stages}")
         if steps < 1 or batch_size < 2 or reward_batch_size < 1:
@@ -93,7 +106,7 @@ class TuNAS(Searcher):
         self.measure_latency, self.device = measure_latency, device
         if checkpoint_every < 1:
             raise NASError(f"searcher.checkpoint_every must be >= 1, got {checkpoint_every}")
-        self.checkpoint_every = checkpoint_every
+        self.checkpoint_every, self.micro_batches = checkpoint_every, micro_batches
 
     # ------------------------------------------------------------------ setup
     def resolve_target(self, problem) -> tuple[float, str]:
@@ -134,6 +147,11 @@ class TuNAS(Searcher):
         device = getattr(problem.evaluator, "device", None) if self.device == "auto" else None
         device = device or resolve_device(self.device)
         target, target_from = self.resolve_target(problem)
+        world = problem.world
+        n_micro, mine = world.micro_batches(self.micro_batches, "searcher.micro_batches")
+        if self.batch_size < 2 * n_micro or self.reward_batch_size < n_micro:
+            raise NASError(f"searcher.batch_size ({self.batch_size}) must give each of the {n_micro} micro-batches "
+                           f"at least 2 examples and reward_batch_size ({self.reward_batch_size}) at least 1")
         torch.manual_seed(problem.seed)
         supernet = space.supernet().to(device=device, memory_format=torch.channels_last)
         gen = torch.Generator().manual_seed(problem.seed)
@@ -147,10 +165,12 @@ class TuNAS(Searcher):
         total_steps = self.steps * self.stages
         # Shared weights, optimizer, controller, baseline, random states and position, so a
         # killed (or SIGTERM-stopped) run resumes where it was and ends as an uninterrupted one.
-        identity = {"searcher": {k: v for k, v in vars(self).items() if k not in ("measure_latency", "device", "checkpoint_every")},
+        identity = {"searcher": {**{k: v for k, v in vars(self).items()
+                                    if k not in ("measure_latency", "device", "checkpoint_every")},
+                                 "micro_batches": n_micro},
                     "seed": problem.seed, "space": space.config(), "target": target}
         checkpoint = TrainingCheckpoint(Path(problem.work_dir) / "tunas" / "state.pt" if problem.work_dir else None,
-                                        self.checkpoint_every, identity)
+                                        self.checkpoint_every, identity, world)
         resumed = checkpoint.load()
         first_stage = 0
         if resumed is not None:
@@ -158,6 +178,7 @@ class TuNAS(Searcher):
             supernet.load_state_dict(resumed["supernet"])
         bar = tqdm(total=total_steps, desc="tunas", unit="step", disable=not problem.show_progress,
                    dynamic_ncols=True)
+        paths = (n_micro, mine)
         try:
             with checkpoint:
                 for i, (stage_name, tag) in enumerate(self.plan(space)):
@@ -166,13 +187,15 @@ class TuNAS(Searcher):
                         continue
                     searched = space.decisions(tag)
                     report = self._run_stage(stage_name, searched, held, supernet, problem, data, weight_idx,
-                                             ctrl_idx, target, gen, rng, device, bar, checkpoint,
+                                             ctrl_idx, target, gen, rng, device, bar, checkpoint, paths,
                                              {"stage": i, "held": dict(held), "stage_reports": stage_reports},
                                              resumed if i == first_stage else None)
                     held = report.pop("arch")
                     stage_reports.append(report)
         finally:
             bar.close()
+        if not world.is_main:
+            return None  # the search is trained; rank 0 evaluates and reports its result
         final = space.canonicalize(held)
         evaluation = problem.evaluate(final)
         extras = {"target_cost": target, "target_from": target_from, "stages": stage_reports,
@@ -182,8 +205,9 @@ class TuNAS(Searcher):
         return problem.result(**extras)
 
     def _run_stage(self, stage_name, searched, held, supernet, problem, data, weight_idx, ctrl_idx, target, gen, rng,
-                   device, bar, checkpoint, position: dict, resumed: dict | None) -> dict:
-        space = problem.space
+                   device, bar, checkpoint, paths, position: dict, resumed: dict | None) -> dict:
+        space, world = problem.space, problem.world
+        n_micro, mine = paths
         controller = Controller(searched, self.controller_lr)
         optimizer = supernet.optimizer(self.lr, self.momentum, self.weight_decay)
         warmup_steps = int(self.warmup * self.steps)
@@ -216,33 +240,49 @@ class TuNAS(Searcher):
         for step in range(first_step, self.steps):
             for group in optimizer.param_groups:  # cosine schedule over the stage
                 group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * step / self.steps))
-            # shared-weight step on one path
-            indices = controller.sample(gen)
-            if step < warmup_steps:
-                enable_all = 1.0 - step / warmup_steps
-                for name, i in largest.items():
-                    if rng.random() < enable_all:
-                        indices[name] = i
-            x, y = sample_batch(data, weight_idx, self.batch_size, gen, space.input_shape, device)
+            # shared-weight step: a path per micro-batch; every process draws them all
+            sampled = []
+            for _ in range(n_micro):
+                indices = controller.sample(gen)
+                if step < warmup_steps:
+                    enable_all = 1.0 - step / warmup_steps
+                    for name, i in largest.items():
+                        if rng.random() < enable_all:
+                            indices[name] = i
+                sampled.append(indices)
+            batch = torch.tensor_split(sample_indices(weight_idx, self.batch_size, gen), n_micro)
             supernet.train()
-            loss = F.cross_entropy(supernet(x, arch_of(indices)), y)
-            if not torch.isfinite(loss):
-                raise NASError(f"supernet training diverged at {stage_name} step {step}; lower searcher.lr")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = 0.0
+            with RunningStats(supernet, world, n_micro) as stats:
+                for p in mine:
+                    x, y = load_batch(data, batch[p], space.input_shape, device)
+                    share = F.cross_entropy(supernet(x, arch_of(sampled[p])), y) * (len(batch[p]) / self.batch_size)
+                    share.backward()
+                    stats.pass_done()
+                    loss += share.item()
+            (loss,) = sum_gradients(world, [optimizer], [loss])
+            if not math.isfinite(loss):
+                raise NASError(f"supernet training diverged at {stage_name} step {step}; lower searcher.lr")
             optimizer.step()
-            # controller step on another path and a separate batch
-            indices = controller.sample(gen)
-            arch = arch_of(indices)
-            x, y = sample_batch(data, ctrl_idx, self.reward_batch_size, gen, space.input_shape, device)
-            with torch.no_grad():
-                quality = (supernet(x, arch).argmax(1) == y).float().mean().item()
-            cost = problem.cost(arch)
-            reward = quality + self.beta * abs(cost / target - 1)
+            # controller step on other paths and a separate batch
+            sampled = [controller.sample(gen) for _ in range(n_micro)]
+            archs = [arch_of(indices) for indices in sampled]
+            batch = torch.tensor_split(sample_indices(ctrl_idx, self.reward_batch_size, gen), n_micro)
+            qualities = torch.zeros(n_micro, dtype=torch.float64)
+            with torch.no_grad(), RunningStats(supernet, world, n_micro) as stats:
+                for p in mine:
+                    x, y = load_batch(data, batch[p], space.input_shape, device)
+                    qualities[p] = (supernet(x, archs[p]).argmax(1) == y).float().mean().item()
+                    stats.pass_done()
+            world.all_reduce(qualities)
+            costs = [problem.cost(arch) for arch in archs]
+            path_rewards = [q + self.beta * abs(c / target - 1) for q, c in zip(qualities.tolist(), costs)]
+            reward, cost = float(np.mean(path_rewards)), float(np.mean(costs))
             if baseline is None:
                 baseline = reward
             if step >= warmup_steps:
-                controller.reinforce(indices, reward - baseline)
+                controller.reinforce([(indices, r - baseline) for indices, r in zip(sampled, path_rewards)])
             baseline = self.baseline_momentum * baseline + (1 - self.baseline_momentum) * reward
             rewards.append(reward)
             if step % snapshot_every == 0 or step == self.steps - 1:

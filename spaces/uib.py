@@ -453,32 +453,109 @@ class Pieces:
 
 
 class SliceSGD(torch.optim.Optimizer):
-    """SGD with momentum and weight decay on the slices of the last recorded forward
-    pass only; weights a step did not use are left as they are (no decay, no stale
-    momentum)."""
+    """SGD with momentum and weight decay on the slices of the recorded forward passes
+    only; weights a step did not use are left as they are (no decay, no stale momentum).
+
+    One pass per step updates its slices from their own gradients. Several passes per
+    step (micro-batches on different paths), or gradients summed over processes
+    (:func:`nas.distributed.sum_gradients` calls :meth:`sum_over`), update the elements
+    any pass used from the summed gradients; what is summed and sent per parameter is the
+    box bounding the slices used, not the whole (largest-option) parameter."""
 
     def __init__(self, params, pieces: Pieces, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
         self.pieces = pieces
+        #: per parameter, after :meth:`sum_over`: (bounding box, summed gradient, 1 where used) in the box
+        self.summed: dict[nn.Parameter, tuple] | None = None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)  # the pieces' gradients are new every pass
+
+    def _params(self) -> list[nn.Parameter]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    @staticmethod
+    def _spans(param, index) -> list[tuple[int, int]]:
+        spans = [s.indices(n)[:2] for s, n in zip(index, param.shape)]
+        return spans + [(0, n) for n in param.shape[len(index):]]
+
+    @torch.no_grad()
+    def sum_over(self, world) -> None:
+        """Sum the recorded passes' slice gradients per parameter, over ``world``'s
+        processes too, into the box bounding every slice any of them used."""
+        used = [(param, self._spans(param, index), piece) for param, index, piece in self.pieces.used
+                if piece.grad is not None]
+        self.pieces.used.clear()
+        local: dict[nn.Parameter, list] = {}
+        for param, spans, _ in used:
+            old = local.get(param)
+            local[param] = spans if old is None else [(min(a, c), max(b, d)) for (a, b), (c, d) in zip(old, spans)]
+        params = self._params()
+        if world.size > 1:  # the union of the boxes: per dimension, the lowest start and highest stop
+            extents = torch.tensor([v for p in params for d in range(p.ndim)
+                                    for v in ((-local[p][d][0], local[p][d][1]) if p in local else (-p.shape[d], 0))],
+                                   dtype=torch.int64)
+            world.all_reduce(extents, op="max")
+            it = iter(extents.tolist())
+            local = {}
+            for p in params:
+                spans = [(-next(it), next(it)) for _ in range(p.ndim)]
+                if all(a < b for a, b in spans):
+                    local[p] = spans
+        boxes = {p: spans for p, spans in local.items() if all(a < b for a, b in spans)}
+        summed = {p: (tuple(slice(a, b) for a, b in spans),
+                      torch.zeros([b - a for a, b in spans], dtype=p.dtype, device=p.device),
+                      torch.zeros([b - a for a, b in spans], dtype=p.dtype, device=p.device))
+                  for p, spans in boxes.items()}
+        for param, spans, piece in used:
+            at = tuple(slice(a - b0, b - b0) for (a, b), (b0, _) in zip(spans, boxes[param]))
+            _, grad, mask = summed[param]
+            grad[at] += piece.grad
+            mask[at] = 1.0
+        if world.size > 1 and summed:
+            tensors = [t for _, grad, mask in summed.values() for t in (grad, mask)]
+            flat = world.all_reduce(torch.cat([t.reshape(-1) for t in tensors]))
+            offset = 0
+            for t in tensors:
+                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
+        self.summed = summed
 
     @torch.no_grad()
     def step(self, closure=None):
         group = self.param_groups[0]
         lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
-        for param, index, piece in self.pieces.used:
-            if piece.grad is None:
-                continue
-            grad = piece.grad.add(param[index], alpha=decay) if decay else piece.grad
+        used = self.pieces.used
+        if self.summed is None and len({id(param) for param, _, _ in used}) == len(used):
+            for param, index, piece in used:  # one pass: its slices, in place
+                if piece.grad is None:
+                    continue
+                grad = piece.grad.add(param[index], alpha=decay) if decay else piece.grad
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(param)
+                buf = state["momentum_buffer"][index]
+                buf.mul_(momentum).add_(grad)
+                param[index].sub_(buf, alpha=lr)
+            used.clear()
+            return
+        if self.summed is None:
+            from nas.distributed import World
+
+            self.sum_over(World())
+        for param, (box, grad, mask) in self.summed.items():
+            # whole-box arithmetic, kept where a pass used the element (the one-pass update's operations)
+            chosen = mask > 0
+            region = param[box]
+            if decay:
+                grad = grad.add(region, alpha=decay)
             state = self.state[param]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(param)
-            buf = state["momentum_buffer"][index]
-            buf.mul_(momentum).add_(grad)
-            param[index].sub_(buf, alpha=lr)
-        self.pieces.used.clear()
+            buf = state["momentum_buffer"][box]
+            buf.copy_(torch.where(chosen, buf.mul(momentum).add_(grad), buf))
+            region.copy_(torch.where(chosen, region.sub(buf, alpha=lr), region))
+        self.summed = None
 
 
 class SharedConv(nn.Module):

@@ -159,3 +159,61 @@ def test_a_diverging_search_stops_with_the_step_and_its_checkpoint_intact(tmp_pa
     state = torch.load(tmp_path / "runs" / "div" / "differentiable" / "state.pt", weights_only=True)
     assert state["step"] == step  # saved after the last good step
     assert all(torch.isfinite(v).all() for v in state["relaxation"].values() if v.is_floating_point())
+
+
+def kill_when(proc, ready, what):
+    deadline = time.time() + 300
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before {what}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_deepreduce_killed_resumes_to_the_uninterrupted_result(tmp_path, cli_env):
+    args = ["space=relu_reuse", "searcher=deepreduce", "data=synthetic", "data.n=128", "evaluator.epochs=1",
+            "searcher.reuse_factors=[4]", "progress=false", "run_name=d", "seed=3"]
+    out = run_cli(args + [f"output_dir={tmp_path / 'ref'}"], tmp_path, cli_env)
+    assert out.returncode == 0, out.stderr
+    reference = json.loads((tmp_path / "ref" / "d" / "result.json").read_text())
+    run = args + [f"output_dir={tmp_path / 'run'}"]
+    db = tmp_path / "run" / "d" / "ledger.db"
+    proc = subprocess.Popen([sys.executable, "-m", "nas.run", *run], cwd=tmp_path, env=cli_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(proc, lambda: complete_trials(db) >= 2, "two evaluations were in its ledger")
+    done = complete_trials(db)
+    assert 2 <= done < reference["n_evals"]
+    out = run_cli(run, tmp_path, cli_env)
+    assert out.returncode == 0, out.stderr
+    resumed = json.loads((tmp_path / "run" / "d" / "result.json").read_text())
+    assert resumed["reused_from_ledger"] >= done
+    assert resumed["networks"] == reference["networks"]
+    assert comparable(resumed) == comparable(reference)
+
+
+def test_hant_killed_in_pretraining_resumes_to_the_uninterrupted_result(tmp_path, cli_env):
+    pool = "[teacher,identity,efn_k3_e3,cb_res_k3,conv_cs_k1_w1,repvgg_k3]"
+    args = ["space=hant", "space.resolution=16", "space.in_channels=3", "space.num_classes=4", f"space.pool={pool}",
+            "searcher=ilp", "searcher.k=2", "searcher.teacher_epochs=1", "searcher.pretrain_batches=8",
+            "searcher.checkpoint_every=2", "searcher.held_out=64", "searcher.finetune_epochs=1", "data=synthetic",
+            "data.n=300", "evaluator.epochs=1", "target=macs", "progress=false", "run_name=h",
+            "searcher.measure_latency=false"]
+    out = run_cli(args + [f"output_dir={tmp_path / 'ref'}"], tmp_path, cli_env)
+    assert out.returncode == 0, out.stderr
+    reference = json.loads((tmp_path / "ref" / "h" / "result.json").read_text())
+    run = args + [f"output_dir={tmp_path / 'run'}"]
+    state = tmp_path / "run" / "h" / "hant" / "candidates.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "nas.run", *run], cwd=tmp_path, env=cli_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(proc, lambda: state.exists() and (checkpoint_position(state) or (0, 0))[1] >= 2,
+              "its pretraining checkpoint reached step 2")
+    assert 2 <= checkpoint_position(state)[1] < 8
+    assert (tmp_path / "run" / "h" / "hant" / "teacher.pt").is_file()
+    out = run_cli(run, tmp_path, cli_env)
+    assert out.returncode == 0, out.stderr
+    resumed = json.loads((tmp_path / "run" / "h" / "result.json").read_text())
+    for key in ("selections", "teacher_loss", "chosen_solution"):
+        assert resumed[key] == reference[key], key
+    assert resumed["teacher"]["accuracy"] == reference["teacher"]["accuracy"]
+    assert resumed["teacher"]["weights"].endswith("teacher.pt")  # the killed run's teacher, not trained again
+    assert comparable(resumed) == comparable(reference)

@@ -17,9 +17,9 @@ ARGS = ["space=mbconv", "target=macs", "data=synthetic", "data.n=512", "evaluato
         "searcher.n_evals=8", "progress=false", "seed=3", "run_name=shared", "save_model=false"]
 
 
-def trials(storage):
+def trials(storage, study="shared"):
     try:
-        return optuna.load_study(study_name="shared", storage=storage).get_trials()
+        return optuna.load_study(study_name=study, storage=storage).get_trials()
     except KeyError:  # the study is not created yet
         return []
 
@@ -72,6 +72,30 @@ def test_two_workers_share_one_study_and_survive_a_kill(tmp_path, cli_env, postg
     by_key = {e["arch_key"]: e["quality"] for e in alone["history"]}
     assert {e["arch_key"]: e["quality"] for e in shared["history"]} == by_key
     assert shared["best"]["arch_key"] == alone["best"]["arch_key"]
+
+
+def test_optuna_workers_propose_in_parallel_from_each_others_results(tmp_path, cli_env, postgres_url):
+    args = ["space=mbconv", "target=macs", "data=synthetic", "data.n=512", "evaluator.epochs=1", "searcher=optuna",
+            "searcher.n_evals=10", "searcher.n_startup_trials=3", "progress=false", "seed=4", "run_name=opt",
+            "save_model=false", f"storage={postgres_url}"]
+    procs = [subprocess.Popen([sys.executable, "-m", "nas.run", *args, f"output_dir={tmp_path / name}"], cwd=tmp_path,
+                              env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in ("a", "b")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    storage = optuna.storages.RDBStorage(postgres_url)
+    final = trials(storage, "opt")
+    complete = [t for t in final if t.state.name == "COMPLETE"]
+    keys = [t.user_attrs["arch_key"] for t in complete]
+    assert len(keys) == len(set(keys))  # no arch evaluated twice
+    # 10 in all (each worker may start one more while the last of the others finishes)
+    assert 10 <= len(keys) <= 11 and not [t for t in final if t.state.name == "RUNNING"]
+    assert all(any(owned_by(t, p) for t in complete) for p in procs)  # both proposed and evaluated
+    results = [json.loads((tmp_path / name / "opt" / "result.json").read_text()) for name in ("a", "b")]
+    for result in results:  # each worker's result is the whole shared search
+        assert sorted(e["arch_key"] for e in result["history"]) == sorted(keys)
+    assert results[0]["best"]["arch_key"] == results[1]["best"]["arch_key"]
 
 
 def test_workers_on_other_hosts_are_judged_by_their_heartbeat():

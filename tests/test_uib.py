@@ -159,7 +159,7 @@ def test_controller_reinforce_moves_toward_the_rewarded_choice():
     for _ in range(150):
         idx = controller.sample(gen)
         reward = 1.0 if idx["k"] == 2 else 0.0
-        controller.reinforce(idx, reward - baseline)
+        controller.reinforce([(idx, reward - baseline)])
         baseline = 0.95 * baseline + 0.05 * reward
     assert controller.probs()["k"][2] > 0.9 and controller.argmax() == {"k": 2}
 
