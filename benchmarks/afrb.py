@@ -86,7 +86,7 @@ def main() -> None:
     data = nas.get_dataset("mnist5k")
     space = nas.get_space("afrb", resolution=data.resolution, in_channels=data.in_channels,
                           num_classes=data.num_classes, width_mult=0.5)
-    lut = LUTCost("cpu", "afrb")
+    lut = LUTCost("cpu", space)  # this machine's LUT (built into the LUT folder if there is none)
     presets = space.presets()
     archs = [space.preset(p) for p in presets]
     settings = dataclasses.replace(lut.lut.settings, rounds=args.rounds)
@@ -97,7 +97,7 @@ def main() -> None:
         rows.append((name, sum(op.macs() for op in ops), lut.cost(ops), timing.ms, timing.iqr_ms))
     ref = rows[presets.index("supernet_all_ibn")]
     print(f"1. Presets at 28x28x1, width 0.5, one thread, batch 1 (relative to the all-IBN SuperNet); "
-          f"LUT built on: {lut.lut.meta.get('processor', '?')}")
+          f"{lut.provenance()}")
     print(f"   {'preset':18s} {'MACs':>9s} {'x':>6s} {'LUT ms':>8s} {'x':>6s} {'measured ms':>12s} {'x':>6s} "
           f"{'LUT error':>9s}")
     for name, macs, predicted, measured, iqr in rows:

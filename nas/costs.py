@@ -42,6 +42,11 @@ class CostModel(abc.ABC):
     def describe(self) -> str:
         return f"{self.name} ({self.unit})"
 
+    def provenance(self, short: bool = False) -> str:
+        """Where the costs come from, when a reader must know it to trust them (a measured
+        LUT says whose machine measured it); empty for analytic models."""
+        return ""
+
 
 @register_cost_model("macs")
 class MACs(CostModel):

@@ -17,7 +17,6 @@ session with the same thread count).
 
 from __future__ import annotations
 
-import platform
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Hashable, Mapping
@@ -110,20 +109,6 @@ class Timing:
         return cls(list(d["rounds_ms"]), int(d["repeats"]))
 
 
-def device_name(device: str = "cpu") -> str:
-    """A human-readable name of the processor that runs ``device``."""
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 #: builds the module to time and gives its input shape (without the batch dimension)
 Builder = Callable[[], "tuple[nn.Module, tuple]"]
 
@@ -165,31 +150,39 @@ def _onnxruntime_session(module: nn.Module, x: torch.Tensor, threads: int) -> di
 def measure_interleaved(builders: Mapping[Hashable, Builder], settings: HarnessSettings,
                         done: Mapping[Hashable, Timing] | None = None, seed: int = 0,
                         on_measured: Callable[[Hashable, Timing], None] | None = None,
-                        progress: bool = False, desc: str = "latency") -> dict[Hashable, Timing]:
+                        progress: bool = False, desc: str = "latency",
+                        item_settings: Mapping[Hashable, HarnessSettings] | None = None) -> dict[Hashable, Timing]:
     """Time every item ``settings.rounds`` times in interleaved rounds.
 
     ``done`` holds timings from an interrupted run: an item continues from the rounds it
     has. ``on_measured(key, timing)`` is called after every round of every item (to save
     as you go). Modules are rebuilt per round (seeded, so with the same weights) rather
     than kept: a space's 50 validation models need not fit in memory together.
+    ``item_settings`` gives some items their own rounds and timing (a LUT's whole
+    calibration models timed in the same rounds as its short-timed layers, so that both
+    see the same speed states of the machine); the thread count is ``settings``'.
     """
     from tqdm.auto import tqdm
 
+    own = dict(item_settings or {})
+    setting = {k: own.get(k, settings) for k in builders}
+    if any(s.threads != settings.threads for s in setting.values()):
+        raise NASError("measure_interleaved: every item must be timed with the same thread count")
     timings = {k: Timing(list(done[k].rounds_ms), done[k].runs) if done and k in done else Timing()
                for k in builders}
-    todo = sum(max(0, settings.rounds - len(t.rounds_ms)) for t in timings.values())
+    todo = sum(max(0, setting[k].rounds - len(t.rounds_ms)) for k, t in timings.items())
     order_rng = random.Random(seed)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
         with tqdm(total=todo, desc=desc, unit="timing", disable=not progress) as bar:
-            for r in range(settings.rounds):
-                keys = [k for k, t in timings.items() if len(t.rounds_ms) <= r]
+            for r in range(max((s.rounds for s in setting.values()), default=0)):
+                keys = [k for k, t in timings.items() if len(t.rounds_ms) <= r < setting[k].rounds]
                 order_rng.shuffle(keys)
                 for k in keys:
                     torch.manual_seed(0)
                     module, input_shape = builders[k]()
-                    ms, runs = _time_round(module, tuple(input_shape), settings)
+                    ms, runs = _time_round(module, tuple(input_shape), setting[k])
                     timings[k].rounds_ms.append(ms)
                     timings[k].runs += runs
                     if on_measured is not None:

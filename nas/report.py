@@ -57,6 +57,12 @@ def front_table(result: dict) -> list[str]:
                      f"{si(metrics['params'], 3) if 'params' in metrics else '-':>8}  "
                      + (" ".join(f"{k}={v}" for k, v in diff.items()) or "(first row)"))
     lines.append("* best: highest quality within the budget")
+    if result.get("cost_provenance"):  # whose machine a latency column is
+        lines.append(f"{cost}: {result['cost_provenance']}")
+    if result.get("best_latency"):
+        from nas.lut import describe_latency
+
+        lines.append(describe_latency(result["best_latency"], "the best"))
     return lines
 
 

@@ -282,8 +282,11 @@ def make_components(cfg: dict, need=("searcher", "evaluator", "space", "cost_mod
         if "cost_model" not in target:
             raise NASError(f"target {target['name']!r} must name a cost_model ({one_of(COST_MODELS.names())})")
         options = dict(target.get("options") or {})
-        if "space" in config_fields(COST_MODELS.get(target["cost_model"])) and options.get("space") is None:
-            options["space"] = space.name  # a measured LUT is per space
+        model_fields = config_fields(COST_MODELS.get(target["cost_model"]))
+        if "space" in model_fields and options.get("space") is None:
+            options["space"] = space  # a measured LUT is per space and configuration
+        if "progress" in model_fields:
+            options.setdefault("progress", bool(cfg.get("progress", True)))  # e.g. building a LUT
         out["cost_model"] = nas.get_cost_model(target["cost_model"], **options)
     return out
 
@@ -348,7 +351,7 @@ def lead(cfg: dict, world, searcher, space, data, cost_model, evaluator, run_dir
         storage = cfg.get("storage") or f"sqlite:///{(run_dir / 'ledger.db').resolve()}"
         ledger = Ledger(space, cfg["run_name"], storage, evaluator.metric, cost_model.name or "cost")
         n_before = len(ledger)
-        tracker = make_logger(cfg, run_dir, evaluator.metric, f"{target['name']} ({cost_model.unit})")
+        tracker = make_logger(cfg, run_dir, evaluator.metric, cost_label(target["name"], cost_model))
     except NASError as exc:
         world.broadcast(str(exc))  # the processes waiting for the setup stop with the same error
         raise
@@ -396,21 +399,27 @@ def lead(cfg: dict, world, searcher, space, data, cost_model, evaluator, run_dir
         saved = torch.load(model_path, map_location="cpu", weights_only=True)
         if saved.get("arch_key") == result.best.arch.key():
             weights = model_path.name
+    latency = _best_latency(problem, result, searcher)
     summary = {
         "run_name": cfg["run_name"], "space": space.name,
         "evaluator": evaluator.name, "data": cfg["data"]["name"] if data is not None else None,
         "target": target["name"], "cost_model": cost_model.name, "cost_unit": cost_model.unit,
-        "quality_metric": evaluator.metric, "seed": cfg["seed"], "storage": storage, "weights": weights,
+        "cost_provenance": cost_model.provenance(), "quality_metric": evaluator.metric, "seed": cfg["seed"],
+        "storage": storage, "weights": weights,
         **result.to_dict(), "searcher": result.extras.get("searcher", searcher.name),
     }
+    if latency is not None:
+        summary["lut"] = cost_model.lut.info()
+        summary["best_latency"] = latency
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
     if result.best is not None:
         (run_dir / "arch.json").write_text(result.best.arch.to_json(space=space.name, indent=2))
-    plot_pareto(result, run_dir / "pareto.png", f"{target['name']} ({cost_model.unit})", evaluator.metric,
+    label = cost_label(target["name"], cost_model)
+    plot_pareto(result, run_dir / "pareto.png", label, evaluator.metric,
                 f"{space.name} / {searcher.name} / {cfg['run_name']}", preset_costs(space, cost_model))
     if result.best is not None:
-        plot_layer_costs(space.ops(result.best.arch), cost_model, run_dir / "layers.png",
-                         f"{target['name']} ({cost_model.unit})", f"best of {cfg['run_name']}")
+        plot_layer_costs(space.ops(result.best.arch), cost_model, run_dir / "layers.png", label,
+                         f"best of {cfg['run_name']}")
     onnx_note = export_model(run_dir) if weights is not None else None
     plot_trajectory(result.extras.get("trajectory", []), run_dir / "trajectory.png",
                     f"{space.name} / {searcher.name} / {cfg['run_name']}")
@@ -421,8 +430,9 @@ def lead(cfg: dict, world, searcher, space, data, cost_model, evaluator, run_dir
         print("best: none within the budget")
     else:
         b = result.best
-        print(f"best: {evaluator.metric} {b.quality:.4f}, {target['name']} {b.cost:.6g} {cost_model.unit}, "
-              f"trial {b.trial}: {b.arch.to_json()}")
+        whose = cost_model.provenance(short=True)
+        print(f"best: {evaluator.metric} {b.quality:.4f}, {target['name']} {b.cost:.6g} {cost_model.unit}"
+              f"{f' ({whose})' if whose else ''}, trial {b.trial}: {b.arch.to_json()}")
     for line in result.extras.get("report", []):  # the searcher's own summary
         print(line)
     print(f"pareto front: {len(result.pareto)} architectures (result.json, pareto.png"
@@ -432,7 +442,30 @@ def lead(cfg: dict, world, searcher, space, data, cost_model, evaluator, run_dir
     if tracker is not None:
         tracker.finish(result, summary)
         print(f"W&B: logged {tracker.mode} as {tracker.name!r} ({tracker.dir})")
+    if latency is not None:  # last, where the eye lands: the LUT's latency against this machine's
+        from nas.lut import describe_latency
+
+        print(describe_latency(latency, "the best"))
     return result
+
+
+def cost_label(target_name: str, cost_model) -> str:
+    """``cpu (ms)``, with whose machine a measured LUT is, for axes and tables."""
+    whose = cost_model.provenance(short=True)
+    return f"{target_name} ({cost_model.unit}{'; ' + whose if whose else ''})"
+
+
+def _best_latency(problem, result, searcher) -> dict | None:
+    """The best architecture's LUT latency and its latency measured here, when the run
+    prices with a LUT (the searchers' own reports of the same arch are reused), unless the
+    searcher was told not to measure (``searcher.measure_latency=false``)."""
+    from nas.lut import LUTCost, latency_report
+
+    if result.best is None or not isinstance(problem.cost_model, LUTCost):
+        return None
+    if getattr(searcher, "measure_latency", True) is False:
+        return None
+    return latency_report(problem, result.best.arch)
 
 
 def preset_costs(space, cost_model) -> list[tuple[str, float]]:

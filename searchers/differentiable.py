@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from nas import NASError, Searcher, register_searcher
 from nas.distributed import RunningStats, sum_gradients
 from nas.ledger import flat_progress
-from nas.lut import latency_report
+from nas.lut import describe_latency, latency_report
 from nas.train import TrainingCheckpoint, load_batch, resolve_device, rng_states, sample_indices, set_rng_states
 
 
@@ -170,8 +170,7 @@ class Differentiable(Searcher):
         lines.append(f"{problem.cost_model.name}: {before['cost']:.4g} -> {after['cost']:.4g} {unit} "
                      f"({after['cost'] / before['cost'] - 1:+.1%})")
         if "measured_latency_ms" in extras:
-            lines.append(f"measured latency of the result: {extras['measured_latency_ms']:.4g} ms "
-                         f"(LUT error {extras['lut_error']:+.1%})")
+            lines.append(describe_latency(extras))
         lines.append(f"{problem.evaluator.metric} of the result, trained from scratch: {evaluation.quality:.4f}")
         extras["report"] = lines
         return problem.result(**extras)

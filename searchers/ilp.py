@@ -358,7 +358,7 @@ class ILPSearch(Searcher):
         import torch
 
         from nas.layerwise import LayerwiseNet, distill, hold_out, loss_changes
-        from nas.lut import latency_report
+        from nas.lut import describe_latency, latency_report
         from nas.train import accuracy, resolve_device, train
 
         space, cost_model = problem.space, problem.cost_model
@@ -480,7 +480,6 @@ class ILPSearch(Searcher):
                 report = latency_report(problem, arch)
                 if "measured_latency_ms" in report:
                     extras[f"{who}_latency"] = report
-                    lines.append(f"measured latency of the {who}: {report['measured_latency_ms']:.4g} ms "
-                                 f"(LUT error {report['lut_error']:+.1%})")
+                    lines.append(describe_latency(report, f"the {who}"))
         extras["report"] = lines
         return problem.result(**extras)

@@ -12,9 +12,26 @@ SHARED = ROOT.parent / "shared"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def lut_folder(tmp_path_factory):
+    """A LUT folder of the test session's own: no test reads or fills the user's cache, and
+    none finds a LUT of this machine it did not build (CI machines differ)."""
+    from nas.lut import LUT_DIR_ENV
+
+    folder = tmp_path_factory.mktemp("lut_folder")
+    previous = os.environ.get(LUT_DIR_ENV)
+    os.environ[LUT_DIR_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(LUT_DIR_ENV, None)
+    else:
+        os.environ[LUT_DIR_ENV] = previous
+
+
 @pytest.fixture
-def cli_env():
-    """Environment for CLI subprocesses: the checkout first on the path, one thread."""
+def cli_env(lut_folder):
+    """Environment for CLI subprocesses: the checkout first on the path, one thread, the
+    session's LUT folder."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"

@@ -26,7 +26,7 @@ def test_installed_package_works_outside_the_checkout(tmp_path):
         "t = nas.get_space('nb201').benchmark_table()\n"
         "print(json.dumps({'file': nas.__file__, 'spaces': nas.list_spaces(), 'searchers': nas.list_searchers(),"
         " 'rows': len(t), 'conf': nas.run.yaml_options('space'),"
-        " 'luts': {s: len(nas.lut.LUTCost('cpu', s).lut.entries) for s in nas.list_spaces()}}))\n"
+        " 'luts': {s: len(nas.lut.LUTFile.load(nas.lut.reference_path('cpu', s)).entries) for s in nas.list_spaces()}}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)

@@ -11,7 +11,7 @@ import nas
 import nas.lut as lut_mod
 from nas import Decision, NASError, OpSpec, Space
 from nas.latency import HarnessSettings, Timing, measure, measure_interleaved
-from nas.lut import LUTCost, LUTFile, build_lut, lut_path, validation_metrics
+from nas.lut import LUTCost, LUTFile, build_lut, machine_lut_path, validation_metrics
 
 FAST = HarnessSettings(warmup=1, rounds=2, min_run_time=0.005)
 
@@ -67,9 +67,9 @@ def test_onnxruntime_backend_times_the_exported_module(tmp_path):
     assert slow.ms > 5 * fast.ms
     space = TwoConvs()
     build_lut(space, "t", ort, tmp_path, overhead_models=0, progress=False)
-    assert LUTCost("t", space.name, str(tmp_path), backend="onnxruntime").cost(space.ops(nas.Arch(w=4, k=1))) > 0
+    assert LUTCost("t", space, str(tmp_path), backend="onnxruntime", build="none").cost(space.ops(nas.Arch(w=4, k=1))) > 0
     with pytest.raises(NASError, match="backend='onnxruntime' \\(asked 'torch'\\)"):
-        LUTCost("t", space.name, str(tmp_path))
+        LUTCost("t", space, file=str(machine_lut_path("t", space, ort, tmp_path)))
 
 
 def test_harness_settings_are_checked():
@@ -108,7 +108,7 @@ def test_build_round_trip_and_incremental(tmp_path, monkeypatch):
     lut = build_lut(space, "t", FAST, tmp_path, overhead_models=2, progress=False)
     expected = {op.key for op in space.all_ops()}
     assert sorted(calls) == sorted(list(expected) * FAST.rounds) and set(lut.entries) == expected
-    loaded = LUTFile.load(lut_path("t", space.name, tmp_path))
+    loaded = LUTFile.load(machine_lut_path("t", space, FAST, tmp_path))
     assert loaded.entries == lut.entries and loaded.overhead == lut.overhead
     assert loaded.meta["threads"] == 1 and loaded.meta["batch"] == 1 and loaded.meta["dtype"] == "float32"
     assert loaded.meta["torch"] == torch.__version__ and loaded.meta["processor"]
@@ -135,7 +135,7 @@ def test_overhead_and_scale_are_fitted_from_whole_models(tmp_path, monkeypatch):
     overhead, scale = lut_mod.fit_overhead(lut, space, FAST, 8, seed=0, progress=False)
     assert (overhead, scale) == (pytest.approx(0.7), pytest.approx(1.25))
     lut.save()
-    cost = LUTCost("t", space.name, str(tmp_path))
+    cost = LUTCost("t", space, str(tmp_path), build="none")
     arch = nas.Arch(w=8, k=3)
     assert cost.cost(space.ops(arch)) == pytest.approx(0.7 + 1.25 * lut.layer_sum(space.ops(arch)))
     assert cost.op_cost(space.ops(arch)[0]) == pytest.approx(1.25 * lut.entries[space.ops(arch)[0].key]["ms"])
@@ -160,33 +160,33 @@ def test_calibration_never_fits_a_negative_overhead():
 def test_lut_errors(tmp_path):
     space = TwoConvs()
     with pytest.raises(NASError, match="python -m nas.lut build space=test_two_convs target=t"):
-        LUTCost("t", space.name, str(tmp_path))
+        LUTCost("t", space, str(tmp_path), build="none")
     build_lut(space, "t", FAST, tmp_path, overhead_models=0, progress=False)
-    path = lut_path("t", space.name, tmp_path)
+    path = machine_lut_path("t", space, FAST, tmp_path)
     doc = json.loads(path.read_text())
     key = next(iter(doc["entries"]))
     del doc["entries"][key]
     path.write_text(json.dumps(doc))
-    cost = LUTCost("t", space.name, str(tmp_path))
+    cost = LUTCost("t", space, str(tmp_path), build="none")
     missing = next(op for a in space.enumerate() for op in space.ops(a) if op.key == key)
     with pytest.raises(NASError, match="has no entry for .*measure_missing=true"):
         cost.op_cost(missing)
     # measured on the spot on the LUT's own machine, and saved
-    on_the_spot = LUTCost("t", space.name, str(tmp_path), measure_missing=True)
+    on_the_spot = LUTCost("t", space, str(tmp_path), measure_missing=True, build="none")
     assert on_the_spot.op_cost(missing) > 0 and key in LUTFile.load(path).entries
     with pytest.raises(NASError, match="measured with other settings: threads=1 \\(asked 2\\)"):
-        LUTCost("t", space.name, str(tmp_path), threads=2)
-    with pytest.raises(NASError, match="is for space 'test_two_convs', not 'other'"):
-        LUTCost("t", "other", file=str(path))
+        LUTCost("t", space, file=str(path), threads=2)
+    with pytest.raises(NASError, match="is for space 'test_two_convs', not 'nb201'"):
+        LUTCost("t", "nb201", file=str(path))
     path.write_text("{ not json")
     with pytest.raises(NASError, match="corrupted"):
-        LUTCost("t", space.name, str(tmp_path))
+        LUTCost("t", space, str(tmp_path), build="none")
     path.write_text(json.dumps({"format": lut_mod.FORMAT, "meta": {}, "entries": {}, "overhead": {}}))
     with pytest.raises(NASError, match="corrupted"):
-        LUTCost("t", space.name, str(tmp_path))
+        LUTCost("t", space, str(tmp_path), build="none")
     path.write_text(json.dumps({"format": "hwnas-lut/1", "meta": {}, "entries": {}, "overhead": {}}))
     with pytest.raises(NASError, match="is not a hwnas-lut/2 file"):
-        LUTCost("t", space.name, str(tmp_path))
+        LUTCost("t", space, str(tmp_path), build="none")
 
 
 def test_validation_metrics():
@@ -210,7 +210,7 @@ def test_every_space_lists_all_its_ops():
 def test_validate_measures_whole_models_and_plots(tmp_path):
     space = TwoConvs()
     build_lut(space, "t", FAST, tmp_path, overhead_models=2, progress=False)
-    cost = LUTCost("t", space.name, str(tmp_path))
+    cost = LUTCost("t", space, str(tmp_path), build="none")
     m = lut_mod.validate_lut(space, cost, FAST, n=6, seed=1, plot_path=tmp_path / "v.png", progress=False)
     assert m["n"] == 6 and len(m["measured_ms"]) == 6 and all(x > 0 for x in m["measured_ms"])
     assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
@@ -241,7 +241,9 @@ def test_lut_cli_builds_and_validates(tmp_path, cli_env):
     out = subprocess.run([sys.executable, "-m", "nas.lut", "build", *quick, "overhead_models=3"], cwd=tmp_path,
                          env=cli_env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    lut = LUTFile.load(tmp_path / "luts" / "cpu" / "nb201.json")
+    [path] = (tmp_path / "luts" / "cpu" / "nb201").glob("*.json")  # this machine's, by fingerprint
+    lut = LUTFile.load(path)
+    assert lut.on_this_machine() and lut.meta["machine_id"] == path.name.split("-")[0]
     assert len(lut.entries) == len(nas.get_space("nb201").all_ops()) and len(lut.overhead["models"]) == 3
     assert lut.settings.rounds == 1 and lut.meta["space_config"]["resolution"] == 32
     out = subprocess.run([sys.executable, "-m", "nas.lut", "validate", *quick, "n=3"], cwd=tmp_path, env=cli_env,
