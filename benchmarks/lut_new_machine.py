@@ -4,7 +4,9 @@ For each space (default: uib, hant, nb201, each at the configuration the CLI giv
 on this machine:
 
 - ``fast``: ``build_lut(mode="fast")``: a designed subset of the OpSpecs measured, the
-  rest predicted (nas/lut/fast.py), plus the whole-model calibration;
+  rest predicted (nas/lut/fast.py) from the shipped reference table's structure, plus the
+  whole-model calibration; ``fast-noref``: the same without the reference table (what a
+  space or configuration without one gets: predictions from the ops' features);
 - ``full``: every OpSpec measured, plus the calibration;
 - ``reference``: the shipped reference LUT (another machine's), its overhead and scale
   re-fitted on the same number of whole models measured here (what a user could do
@@ -21,7 +23,7 @@ by it (a correction that uses no held-out model). The issue's targets for
 ``uib``: fast built in <= 120 s with Spearman >= 0.98 and >= 90% within ±10%; full >= 0.98
 and >= 95%.
 
-    python benchmarks/lut_new_machine.py [SPACE ...] [--methods fast,full,reference] [--n 50]
+    python benchmarks/lut_new_machine.py [SPACE ...] [--methods fast,fast-noref,full,reference] [--n 50]
         [--threads 1] [--lut-dir DIR]
 
 ``--lut-dir`` keeps the builds (a complete table already there is reused and its
@@ -60,18 +62,22 @@ def space_at_cli_defaults(name: str):
     return make_components(cfg, need=("space",))["space"]
 
 
-def built(space, settings, lut_dir: Path, mode: str):
-    """(LUTFile, build seconds): this machine's table in lut_dir, built now unless complete."""
+def built(space, settings, lut_dir: Path, method: str):
+    """(LUTFile, build seconds): this machine's table in lut_dir, built now unless complete.
+    ``fast-noref``: fast mode without the reference table's structure (as for a space or a
+    configuration no reference table exists for)."""
     from nas.lut import FAST_TIMING, LUTFile, build_lut, machine_lut_path
 
+    mode = "fast" if method.startswith("fast") else method
     if mode == "fast":
         settings = dataclasses.replace(settings, **FAST_TIMING)
-    path = machine_lut_path("cpu", space, settings, lut_dir / mode)
+    path = machine_lut_path("cpu", space, settings, lut_dir / method)
     if path.exists() and LUTFile.load(path).complete:
         lut = LUTFile.load(path)
         return lut, float(lut.meta.get("build_seconds") or float("nan"))
     start = time.perf_counter()
-    lut = build_lut(space, "cpu", settings, mode=mode, path=path, progress=False)
+    lut = build_lut(space, "cpu", settings, mode=mode, path=path, progress=False,
+                    use_reference=method != "fast-noref")
     return lut, time.perf_counter() - start
 
 
@@ -116,7 +122,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("spaces", nargs="*", default=list(DEFAULT_SPACES))
-    parser.add_argument("--methods", default="fast,full,reference")
+    parser.add_argument("--methods", default="fast,fast-noref,full,reference")
     parser.add_argument("--n", type=int, default=50, help="held-out whole models per space")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lut-dir", default=None, help="keep (and reuse) the builds here")

@@ -18,8 +18,8 @@ from nas.evaluators import BenchmarkTable, Evaluator, Score
 from nas.export import SavedModel, export_onnx, load
 from nas.ledger import Evaluation, Ledger
 from nas.ops import OpSpec, register_op_kind
-from nas.registry import (COST_MODELS, DATASETS, EVALUATORS, SEARCHERS, SPACES, register_cost_model,
-                          register_dataset, register_evaluator, register_searcher, register_space)
+from nas.registry import (COST_MODELS, DATASETS, EVALUATORS, SEARCHERS, SPACES, config_fields,
+                          register_cost_model, register_dataset, register_evaluator, register_searcher, register_space)
 from nas.search import SearchProblem, SearchResult, Searcher, run_search
 from nas.space import Space
 
@@ -76,7 +76,11 @@ def search(space: Space | str, searcher: Searcher | str, cost_model: CostModel |
     """
     space = get_space(space) if isinstance(space, str) else space
     searcher = get_searcher(searcher) if isinstance(searcher, str) else searcher
-    cost_model = get_cost_model(cost_model) if isinstance(cost_model, str) else cost_model
+    if isinstance(cost_model, str):
+        # a measured LUT is per space: "lut" prices this space (this machine's table, built if missing)
+        fields = config_fields(COST_MODELS.get(cost_model))
+        given = {"space": space, "progress": progress}
+        cost_model = get_cost_model(cost_model, **{k: v for k, v in given.items() if k in fields})
     evaluator = get_evaluator(evaluator) if isinstance(evaluator, str) else evaluator
     if isinstance(data, str):
         data = get_dataset(data)

@@ -300,3 +300,44 @@ def test_run_on_a_new_machine_builds_its_lut_and_reports_measured_latency(tmp_pa
                     tmp_path, cli_env)
     assert found.returncode == 0, found.stderr
     assert "full LUT of this machine" in found.stdout.strip().splitlines()[-1]
+
+
+def test_library_search_prices_with_this_machines_lut(tmp_path, monkeypatch):
+    from nas.evaluators import Evaluator, Score
+
+    class FewerMACs(Evaluator):  # no training: quality is a fixed function of the arch
+        metric = "score"
+
+        def evaluate(self, space, arch):
+            return Score(-sum(op.macs() for op in space.ops(arch)) / 1e6)
+
+    monkeypatch.setenv(lut_mod.LUT_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(lut_mod, "FAST_TIMING", {"rounds": 1, "min_run_time": 0.002})
+    space = Ladder()
+    result = nas.search(space, nas.get_searcher("random", n_evals=3), cost_model="lut", evaluator=FewerMACs())
+    [path] = (tmp_path / "cpu" / space.name).glob("*.json")
+    lut = LUTFile.load(path)
+    assert lut.on_this_machine() and lut.complete and result.n_evals == 3
+    assert result.best.cost == pytest.approx(lut.overhead_ms + lut.scale * lut.layer_sum(space.ops(result.best.arch)))
+
+
+def test_predictor_rescales_another_machines_table_by_family():
+    space = Ladder()
+    ops = space.all_ops()
+    sizes = size_params(ops)
+    families = sorted({family(op, sizes) for op in ops}, key=str)
+    # this machine: 1.7x the other one, and one family 2.5x (ops of a family move together)
+    truth = {op.key: 0.01 + op.macs() / 1e6 for op in ops}
+    factor = {fam: 2.5 if i == 0 else 1.7 for i, fam in enumerate(families)}
+    theirs = {op.key: truth[op.key] / factor[family(op, sizes)] for op in ops}
+    chosen = design(ops, lut_mod.op_shares(space, n_archs=50), 20)
+    predictor = OpPredictor({op: truth[op.key] for op in chosen}, prior=theirs)
+    for op in ops:
+        fam = family(op, sizes)
+        if any(family(o, sizes) == fam for o in chosen) and op not in chosen:
+            assert predictor.source(op) == "prior"
+            n = sum(family(o, sizes) == fam for o in chosen)
+            # the family's ratio, shrunk by one pseudo-observation toward the kind's mean ratio
+            assert predictor.predict(op) / theirs[op.key] == pytest.approx(
+                math.exp((n * math.log(factor[fam]) + np.mean([math.log(factor[family(o, sizes)]) for o in chosen
+                                                               if o.kind == op.kind])) / (n + 1)))

@@ -53,7 +53,7 @@ FORMAT = "hwnas-lut/2"
 #: environment variable naming the folder of this machine's LUTs (the per-user cache)
 LUT_DIR_ENV = "HWNAS_LUT_DIR"
 MODES = ("fast", "full")
-#: harness timing of fast builds: fewer, shorter rounds than a full table's 7 x 0.05 s
+#: harness timing of a fast build's entries: rounds of 0.02 s instead of a full table's 0.05 s
 FAST_TIMING = {"rounds": 7, "min_run_time": 0.02}
 #: share of a space's OpSpecs a fast build measures (at least FAST_MIN_MEASURED)
 FAST_SHARE = 0.2
@@ -340,8 +340,10 @@ class LUTCost(CostModel):
         self.lut = LUTFile.load(self.path)
         self.lut.check_matches(target, name, self.settings, space.config() if space is not None else None)
         if not self.lut.complete:
+            finish = (_build_command(target, space, None, self.lut.mode) if space is not None
+                      else f"python -m nas.lut build space={name} target={target}")
             raise NASError(f"LUT file {str(self.path)!r} is an unfinished build; finish it with: "
-                           f"python -m nas.lut build space={name} target={target}")
+                           f"{finish} target.options.file={self.path}")
         if self.chosen and not self.lut.on_this_machine():
             print(f"{target}: using {self.lut.whose()} ({self.path}); its latencies are that machine's, not "
                   "this one's", file=sys.stderr)
@@ -440,8 +442,9 @@ def measure_in_fresh_process(space, arch, settings: HarnessSettings) -> tuple[Ti
 
 def describe_latency(report: dict, what: str = "the result") -> str:
     """One line: LUT and measured latency side by side, and whose the LUT is."""
+    where = "" if report.get("measured_in", "a fresh process") == "a fresh process" else f" in {report['measured_in']}"
     line = (f"latency of {what}: {report['lut_latency_ms']:.4g} ms by the {report['lut_whose']}, "
-            f"{report['measured_latency_ms']:.4g} ms measured here")
+            f"{report['measured_latency_ms']:.4g} ms measured here{where}")
     if report["lut_this_machine"]:
         return line + f" (LUT error {report['lut_error']:+.1%})"
     return line + " (not comparable: the LUT is another machine's)"
@@ -449,14 +452,15 @@ def describe_latency(report: dict, what: str = "the result") -> str:
 
 def build_lut(space, target: str, settings: HarnessSettings, lut_dir=None, samples: int = 2000,
               overhead_models: int = 20, seed: int = 0, progress: bool = True, mode: str = "full",
-              path=None, fast_share: float = FAST_SHARE) -> LUTFile:
+              path=None, fast_share: float = FAST_SHARE, use_reference: bool = True) -> LUTFile:
     """Build this machine's LUT of ``space`` into ``path`` (default: :func:`machine_lut_path`
     in ``lut_dir``), saving as it goes: an interrupted build continues where it stopped.
 
     ``mode="full"`` measures every OpSpec (entries with fewer rounds than asked are
     completed); ``mode="fast"`` measures the :func:`nas.lut.fast.design` subset and
-    predicts the rest (entries marked ``predicted``). Then the calibration is fitted on
-    ``overhead_models`` whole models."""
+    predicts the rest (entries marked ``predicted``), using the shipped reference table's
+    structure where one exists for this configuration (``use_reference``). Then the
+    calibration is fitted on ``overhead_models`` whole models, timed in the same rounds."""
     if mode not in MODES:
         raise NASError(f"LUT build mode {mode!r} is not one of {one_of(MODES)}")
     path = Path(path) if path is not None else machine_lut_path(target, space, settings, lut_dir)
@@ -504,7 +508,12 @@ def build_lut(space, target: str, settings: HarnessSettings, lut_dir=None, sampl
         item_settings={("model", i): whole for i in range(len(archs))},
         desc=f"LUT {target}/{space.name} ({mode}: {len(wanted)} of {len(all_ops)} ops, {len(archs)} models)")
     if mode == "fast":
-        predict_missing(lut, all_ops)
+        prior, reference = reference_prior(target, space, settings) if use_reference else (None, None)
+        lut.meta["prior"] = None if reference is None else {
+            "file": str(reference.path), "machine_id": reference.fingerprint.id,
+            "use": "structure only: each predicted op is its latency there times this machine's measured ratio "
+                   "for its family"}
+        predict_missing(lut, all_ops, prior)
     else:  # a fast table made full: no prediction is left
         lut.entries = {k: e for k, e in lut.entries.items() if e.get("rounds_ms")}
     lut.meta["build_seconds"] = spent_before + time.monotonic() - started
@@ -521,6 +530,20 @@ def calibration_archs(space, n_models: int, seed: int) -> list:
     return [space.sample(rng) for _ in range(n_models)]
 
 
+def reference_prior(target: str, space, settings: HarnessSettings) -> tuple[dict, LUTFile] | tuple[None, None]:
+    """The shipped reference table's latencies for ``space`` when it was measured at the
+    same configuration and harness identity (else nothing): a fast build's prior."""
+    path = reference_path(target, space.name)
+    if not path.is_file():
+        return None, None
+    try:
+        reference = LUTFile.load(path)
+        reference.check_matches(target, space.name, settings, space.config())
+    except NASError:
+        return None, None
+    return {k: float(e["ms"]) for k, e in reference.entries.items()}, reference
+
+
 def op_shares(space, n_archs: int = 200, seed: int = 0) -> dict[str, float]:
     """The share of ``n_archs`` random architectures of ``space`` that contain each OpSpec."""
     rng = np.random.default_rng(seed)
@@ -531,14 +554,15 @@ def op_shares(space, n_archs: int = 200, seed: int = 0) -> dict[str, float]:
     return {key: c / n_archs for key, c in counts.items()}
 
 
-def predict_missing(lut: LUTFile, all_ops) -> None:
+def predict_missing(lut: LUTFile, all_ops, prior: dict | None = None) -> None:
     """Fill the entries of ``all_ops`` that were not measured with predictions from those
-    that were (:class:`nas.lut.fast.OpPredictor`), each marked with how it was made."""
+    that were (:class:`nas.lut.fast.OpPredictor`, with ``prior`` latencies of another
+    machine where given), each marked with how it was made."""
     from nas.lut.fast import OpPredictor
 
     by_key = {op.key: op for op in all_ops}
     measured = {by_key[k]: t.ms for k, t in lut.timings().items() if k in by_key}
-    predictor = OpPredictor(measured)
+    predictor = OpPredictor(measured, prior=prior)
     for key, op in by_key.items():
         if not lut.entries.get(key, {}).get("rounds_ms"):
             lut.entries[key] = {"ms": predictor.predict(op), "predicted": predictor.source(op)}
