@@ -48,7 +48,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the checkout, not an installed copy
 
 DEFAULT_SPACES = ("uib", "hant", "nb201")
-CALIBRATION_MODELS = 20
 
 
 def space_at_cli_defaults(name: str):
@@ -83,7 +82,7 @@ def built(space, settings, lut_dir: Path, method: str):
 
 def recalibrated_reference(space, settings, lut_dir: Path):
     """(LUTFile, seconds): the shipped reference table with overhead and scale fitted here."""
-    from nas.lut import LUTFile, fit_overhead, reference_path
+    from nas.lut import CALIBRATION_MODELS, LUTFile, fit_overhead, reference_path
 
     source = reference_path("cpu", space.name)
     if not source.exists():
@@ -117,7 +116,7 @@ def drift(lut, calibration, now_ms) -> float:
 
 def main() -> None:
     from nas.latency import HarnessSettings
-    from nas.lut import calibration_archs, measure_models, validation_metrics
+    from nas.lut import CALIBRATION_MODELS, calibration_archs, measure_models, validation_metrics
     from nas.machine import this_machine
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

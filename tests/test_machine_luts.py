@@ -85,6 +85,7 @@ def test_lut_is_built_on_demand_into_the_lut_folder_and_reused(tmp_path, monkeyp
     space = Ladder()
     monkeypatch.setenv(lut_mod.LUT_DIR_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(lut_mod, "FAST_TIMING", {"rounds": 1, "min_run_time": 0.002})
+    monkeypatch.setattr(lut_mod, "CALIBRATION_MODELS", 4)
     measured = []
     real = lut_mod.op_builder
     monkeypatch.setattr(lut_mod, "op_builder", lambda op: measured.append(op.key) or real(op))
@@ -96,7 +97,7 @@ def test_lut_is_built_on_demand_into_the_lut_folder_and_reused(tmp_path, monkeyp
     lut = LUTFile.load(path)
     assert lut.complete and lut.on_this_machine() and lut.mode == "fast" and lut.meta["build_seconds"] > 0
     n_ops = len(space.all_ops())
-    assert len(lut.entries) == n_ops and len(lut.overhead["models"]) == 20
+    assert len(lut.entries) == n_ops and len(lut.overhead["models"]) == 4
     assert cost.provenance() == f"fast LUT of this machine [id {this_machine().id}]"
     arch = space.default_arch()
     assert cost.cost(space.ops(arch)) > 0
@@ -109,16 +110,18 @@ def test_lut_is_built_on_demand_into_the_lut_folder_and_reused(tmp_path, monkeyp
     assert other.path != path and other.path.parent == path.parent
     # build=none refuses with the command that builds it
     with pytest.raises(NASError, match="no LUT of this machine .* build it with: python -m nas.lut build "
-                                       "space=test_ladder target=cpu mode=full space.resolution=10 space.num_classes=3 space.in_channels=4"):
+                                       "space=test_ladder target=cpu mode=full space.resolution=10 "
+                                       "space.num_classes=3 space.in_channels=4"):
         LUTCost("cpu", Ladder(resolution=10), build="none")
     # target.options.lut_dir overrides the environment
-    elsewhere = LUTCost("cpu", space, lut_dir=str(tmp_path / "mine"), build="full", progress=False)
-    assert elsewhere.path.parent == tmp_path / "mine" / "cpu" / space.name and elsewhere.lut.mode == "full"
+    elsewhere = LUTCost("cpu", space, lut_dir=str(tmp_path / "mine"), progress=False)
+    assert elsewhere.path.parent == tmp_path / "mine" / "cpu" / space.name and elsewhere.lut.mode == "fast"
 
 
 def test_an_interrupted_build_is_resumed_by_the_next_run(tmp_path, monkeypatch, capsys):
     space = Ladder()
     monkeypatch.setattr(lut_mod, "FAST_TIMING", {"rounds": 1, "min_run_time": 0.002})
+    monkeypatch.setattr(lut_mod, "CALIBRATION_MODELS", 4)
     real_fit = lut_mod.calibrate_lut
 
     def killed(*args, **kwargs):
@@ -140,7 +143,7 @@ def test_an_interrupted_build_is_resumed_by_the_next_run(tmp_path, monkeypatch, 
     capsys.readouterr()
     cost = LUTCost("cpu", space, lut_dir=str(tmp_path), progress=False)
     assert "continuing the interrupted build" in capsys.readouterr().err
-    assert measured == [] and cost.lut.complete and len(cost.lut.overhead["models"]) == 20
+    assert measured == [] and cost.lut.complete and len(cost.lut.overhead["models"]) == 4
 
 
 # ---------------------------------------------------------------------------- another machine's LUT
@@ -296,8 +299,8 @@ def test_run_on_a_new_machine_builds_its_lut_and_reports_measured_latency(tmp_pa
     built = subprocess.run([sys.executable, *command[1:], "rounds=1", "min_run_time=0.002", "overhead_models=3",
                             "progress=false"], cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
-    found = run_cli(args + ["run_name=found", "target.options.build=none", f"target.options.lut_dir={tmp_path / 'empty'}"],
-                    tmp_path, cli_env)
+    found = run_cli(args + ["run_name=found", "target.options.build=none",
+                            f"target.options.lut_dir={tmp_path / 'empty'}"], tmp_path, cli_env)
     assert found.returncode == 0, found.stderr
     assert "full LUT of this machine" in found.stdout.strip().splitlines()[-1]
 
@@ -313,6 +316,7 @@ def test_library_search_prices_with_this_machines_lut(tmp_path, monkeypatch):
 
     monkeypatch.setenv(lut_mod.LUT_DIR_ENV, str(tmp_path))
     monkeypatch.setattr(lut_mod, "FAST_TIMING", {"rounds": 1, "min_run_time": 0.002})
+    monkeypatch.setattr(lut_mod, "CALIBRATION_MODELS", 4)
     space = Ladder()
     result = nas.search(space, nas.get_searcher("random", n_evals=3), cost_model="lut", evaluator=FewerMACs())
     [path] = (tmp_path / "cpu" / space.name).glob("*.json")

@@ -58,6 +58,8 @@ FAST_TIMING = {"rounds": 7, "min_run_time": 0.02}
 #: share of a space's OpSpecs a fast build measures (at least FAST_MIN_MEASURED)
 FAST_SHARE = 0.2
 FAST_MIN_MEASURED = 40
+#: whole models a build times to fit a table's overhead and in-context scale
+CALIBRATION_MODELS = 20
 
 
 def reference_lut_dir() -> Path:
@@ -362,7 +364,8 @@ class LUTCost(CostModel):
         print(f"{self.target}: no LUT of this machine ({machine.describe()}) for space {space.name!r} at this "
               f"configuration; {what} one ({mode} mode) into {self.path}; later runs reuse it", file=sys.stderr)
         settings = dataclasses.replace(self.settings, **FAST_TIMING) if mode == "fast" else self.settings
-        build_lut(space, self.target, settings, mode=mode, path=self.path, progress=progress)
+        build_lut(space, self.target, settings, mode=mode, path=self.path, progress=progress,
+                  overhead_models=CALIBRATION_MODELS)
 
     def provenance(self, short: bool = False) -> str:
         return self.lut.whose(short)
@@ -451,7 +454,7 @@ def describe_latency(report: dict, what: str = "the result") -> str:
 
 
 def build_lut(space, target: str, settings: HarnessSettings, lut_dir=None, samples: int = 2000,
-              overhead_models: int = 20, seed: int = 0, progress: bool = True, mode: str = "full",
+              overhead_models: int = CALIBRATION_MODELS, seed: int = 0, progress: bool = True, mode: str = "full",
               path=None, fast_share: float = FAST_SHARE, use_reference: bool = True) -> LUTFile:
     """Build this machine's LUT of ``space`` into ``path`` (default: :func:`machine_lut_path`
     in ``lut_dir``), saving as it goes: an interrupted build continues where it stopped.
