@@ -65,11 +65,10 @@ def built(space, settings, lut_dir: Path, method: str):
     """(LUTFile, build seconds): this machine's table in lut_dir, built now unless complete.
     ``fast-noref``: fast mode without the reference table's structure (as for a space or a
     configuration no reference table exists for)."""
-    from nas.lut import FAST_TIMING, LUTFile, build_lut, machine_lut_path
+    from nas.lut import LUTFile, build_lut, machine_lut_path, timing_for
 
     mode = "fast" if method.startswith("fast") else method
-    if mode == "fast":
-        settings = dataclasses.replace(settings, **FAST_TIMING)
+    settings = timing_for(mode, settings)
     path = machine_lut_path("cpu", space, settings, lut_dir / method)
     if path.exists() and LUTFile.load(path).complete:
         lut = LUTFile.load(path)
@@ -102,10 +101,6 @@ def recalibrated_reference(space, settings, lut_dir: Path):
     return lut, seconds
 
 
-def predict(lut, space, archs) -> list[float]:
-    return [lut.overhead_ms + lut.scale * lut.layer_sum(space.ops(a)) for a in archs]
-
-
 def drift(lut, calibration, now_ms) -> float:
     """How much slower the machine runs the LUT's own calibration models now than it did
     when the LUT was calibrated (mean ratio): the speed state it moved to since."""
@@ -116,7 +111,7 @@ def drift(lut, calibration, now_ms) -> float:
 
 def main() -> None:
     from nas.latency import HarnessSettings
-    from nas.lut import CALIBRATION_MODELS, calibration_archs, measure_models, validation_metrics
+    from nas.lut import CALIBRATION_MODELS, LUTCost, calibration_archs, measure_models, validation_metrics
     from nas.machine import this_machine
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -156,7 +151,8 @@ def main() -> None:
                 if lut is None:
                     print(f"{name:<8} {method:<10} (no reference LUT of this configuration)", flush=True)
                     continue
-                predicted = predict(lut, space, archs)
+                cost_model = LUTCost("cpu", space, file=str(lut.path), threads=args.threads)
+                predicted = [cost_model.cost(space.ops(a)) for a in archs]
                 m = validation_metrics(predicted, measured)
                 moved = drift(lut, calibration, calibration_now)
                 corrected = validation_metrics([p * moved for p in predicted], measured)

@@ -10,6 +10,7 @@ not record (tables measured before fingerprints existed) never matches.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -119,8 +120,10 @@ class Fingerprint:
         return cls(**{f.name: d.get(f.name) for f in fields(cls)})
 
 
+@functools.lru_cache(maxsize=None)
 def this_machine(device: str = "cpu", threads: int = 1, backend: str = "torch") -> Fingerprint:
-    """The fingerprint of this machine measuring with these harness settings."""
+    """The fingerprint of this machine measuring with these harness settings (read once per
+    process: every LUT lookup and every label that says whose a table is asks for it)."""
     kind = "cuda" if device.startswith("cuda") else "cpu"
     # on a GPU, the CUDA version stands where a CPU's generation does
     cpu_id = _cpu_id() if kind == "cpu" else f"cuda {torch.version.cuda}"

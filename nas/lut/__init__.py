@@ -62,6 +62,11 @@ FAST_MIN_MEASURED = 40
 CALIBRATION_MODELS = 20
 
 
+def timing_for(mode: str, settings: HarnessSettings) -> HarnessSettings:
+    """The harness a build of ``mode`` times its entries with: FAST_TIMING for fast builds."""
+    return dataclasses.replace(settings, **FAST_TIMING) if mode == "fast" else settings
+
+
 def reference_lut_dir() -> Path:
     """The reference tables shipped with the package (another machine's measurements)."""
     return Path(str(resources.files("latency_luts")))
@@ -363,8 +368,7 @@ class LUTCost(CostModel):
         what = "continuing the interrupted build of" if existing is not None else "building"
         print(f"{self.target}: no LUT of this machine ({machine.describe()}) for space {space.name!r} at this "
               f"configuration; {what} one ({mode} mode) into {self.path}; later runs reuse it", file=sys.stderr)
-        settings = dataclasses.replace(self.settings, **FAST_TIMING) if mode == "fast" else self.settings
-        build_lut(space, self.target, settings, mode=mode, path=self.path, progress=progress,
+        build_lut(space, self.target, timing_for(mode, self.settings), mode=mode, path=self.path, progress=progress,
                   overhead_models=CALIBRATION_MODELS)
 
     def provenance(self, short: bool = False) -> str:
@@ -410,7 +414,8 @@ def latency_report(problem, arch) -> dict:
     if arch.key() not in reports:
         # One model cannot be interleaved with others, so its rounds are spread over more
         # time instead: the machine's speed drifts over seconds (see nas/latency.py).
-        settings = dataclasses.replace(cost_model.lut.settings, rounds=3 * max(cost_model.lut.settings.rounds, 7))
+        rounds = 3 * max(cost_model.lut.settings.rounds, HarnessSettings.rounds)
+        settings = dataclasses.replace(cost_model.lut.settings, rounds=rounds)
         timing, where = measure_in_fresh_process(problem.space, arch, settings)
         predicted = problem.cost(arch)
         info = cost_model.lut.info()

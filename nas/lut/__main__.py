@@ -8,6 +8,7 @@ this machine). ``list`` shows the LUT folder's tables and whose machine measured
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -16,7 +17,8 @@ from pathlib import Path
 from nas.errors import USER_ERROR_EXIT_CODE, NASError
 from nas.latency import HarnessSettings
 from nas.latency import IDENTITY_FIELDS
-from nas.lut import FAST_TIMING, MODES, LUTCost, LUTFile, build_lut, default_lut_dir, validate_lut
+from nas.lut import (CALIBRATION_MODELS, MODES, LUTCost, LUTFile, build_lut, default_lut_dir, timing_for,
+                     validate_lut)
 
 LUT_FIELDS = {"n": int, "samples": int, "overhead_models": int, "lut_seed": int, "rounds": int,
               "min_run_time": float, "mode": str}
@@ -68,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         mode = own.get("mode", "full")
         if mode not in MODES:
             raise NASError(f"mode={mode!r} is not one of {', '.join(MODES)}")
-        timing = dict(FAST_TIMING) if mode == "fast" else {}
-        timing.update({k: own[k] for k in ("rounds", "min_run_time") if k in own})
-        settings = HarnessSettings(**{k: options[k] for k in IDENTITY_FIELDS if k in options}, **timing)
+        timing = {k: own[k] for k in ("rounds", "min_run_time") if k in own}  # given ones win over the mode's
+        settings = dataclasses.replace(
+            timing_for(mode, HarnessSettings(**{k: options[k] for k in IDENTITY_FIELDS if k in options})), **timing)
         lut_dir = options.get("lut_dir")
         seed = own.get("lut_seed", 0)
         if command == "build":
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                                "(without target.options.reference) or one at target.options.file=PATH")
             start = time.perf_counter()
             lut = build_lut(space, target["name"], settings, lut_dir, own.get("samples", 2000),
-                            own.get("overhead_models", 20), seed, bool(cfg.get("progress", True)), mode=mode,
+                            own.get("overhead_models", CALIBRATION_MODELS), seed, bool(cfg.get("progress", True)), mode=mode,
                             path=options.get("file"))
             predicted = sum(1 for e in lut.entries.values() if e.get("predicted"))
             print(f"LUT {lut.path}: {len(lut.entries)} entries ({predicted} predicted), overhead "
