@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import sys
 import tempfile
@@ -169,8 +168,10 @@ def main() -> None:
     print("drift: the machine's time for each table's own calibration models now over at its build; the last "
           "two columns scale the predictions by it (uses no held-out model)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": this_machine(threads=args.threads).to_dict(),
-                                               "rows": rows}, indent=1))
+        from nas.checks import json_text
+
+        Path(args.json).write_text(json_text({"machine": this_machine(threads=args.threads).to_dict(),
+                                              "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ __version__ = "0.1.0"
 
 
 def get_space(name: str, **cfg) -> Space:
-    return SPACES.create(name, **cfg)
+    space = SPACES.create(name, **cfg)
+    space.check_input_size()
+    return space
 
 
 def get_searcher(name: str, **cfg) -> Searcher:
@@ -68,12 +70,20 @@ def list_datasets(pattern: str = "*") -> list[str]:
 
 def search(space: Space | str, searcher: Searcher | str, cost_model: CostModel | str = "macs",
            evaluator: Evaluator | str = "train", data=None, budget: float | None = None, seed: int = 0,
-           storage=None, study_name: str = "search", progress: bool = False) -> SearchResult:
+           storage=None, study_name: str = "search", progress: bool = False, run_dir=None) -> SearchResult:
     """Run ``searcher`` on ``space`` from Python; names are looked up in the registries.
 
     ``data`` is a data set (or its registered name) for evaluators that train;
-    ``storage`` an Optuna storage URL for the ledger (in memory when None).
+    ``storage`` an Optuna storage URL for the ledger (in memory when None). With
+    ``run_dir`` the search keeps a run folder as ``python -m nas.run`` does: its ledger
+    (``ledger.db``, unless ``storage`` is given: a second call with the same folder resumes),
+    the searcher's checkpoints, the best trained model (``model.pt``: ``nas.load(run_dir)``
+    rebuilds it), ``arch.json`` and ``result.json``.
     """
+    from pathlib import Path
+
+    from nas import checks
+
     space = get_space(space) if isinstance(space, str) else space
     searcher = get_searcher(searcher) if isinstance(searcher, str) else searcher
     if isinstance(cost_model, str):
@@ -84,10 +94,37 @@ def search(space: Space | str, searcher: Searcher | str, cost_model: CostModel |
     evaluator = get_evaluator(evaluator) if isinstance(evaluator, str) else evaluator
     if isinstance(data, str):
         data = get_dataset(data)
+    checks.number("budget", budget, above=0, allow_none=True)
+    checks.number("seed", seed, integer=True, minimum=0, maximum=2**32 - 1)
     evaluator.bind(space, data)
+    keeper = None
+    if run_dir is not None:
+        from nas.export import BestModelKeeper
+
+        run_dir = checks.folder_path("run_dir", str(run_dir))
+        checks.make_folder("run_dir", run_dir)
+        storage = storage if storage is not None else f"sqlite:///{(run_dir / 'ledger.db').resolve()}"
+        keeper = BestModelKeeper(run_dir, space)
     ledger = Ledger(space, study_name, storage, evaluator.metric, cost_model.name or "cost")
-    problem = SearchProblem(space, cost_model, evaluator, ledger, budget, seed, progress)
-    return run_search(searcher, problem)
+    problem = SearchProblem(space, cost_model, evaluator, ledger, budget, seed, progress, on_evaluation=keeper,
+                            work_dir=run_dir)
+    result = run_search(searcher, problem)
+    if run_dir is not None:
+        import yaml
+
+        module = type(space).__module__
+        plugins = [module] if not module.startswith("spaces.") and module != "__main__" else []
+        # what nas.load reads back: the plug-in module defining the space, if any
+        (Path(run_dir) / "config.yaml").write_text(yaml.safe_dump(
+            {"run_name": study_name, "space": {"name": space.name, **space.config()}, "seed": seed,
+             "storage": storage, "plugins": plugins}, sort_keys=False))
+        summary = {"space": space.name, "cost_model": cost_model.name, "cost_unit": cost_model.unit,
+                   "quality_metric": evaluator.metric, "seed": seed, "storage": storage,
+                   "weights": keeper.weights_of(result.best), **result.to_dict()}
+        (Path(run_dir) / "result.json").write_text(checks.json_text(summary, indent=2))
+        if result.best is not None:
+            (Path(run_dir) / "arch.json").write_text(result.best.arch.to_json(space=space.name, indent=2))
+    return result
 
 
 # Register the core's own plug-ins (analytic cost models, evaluators, data sets).

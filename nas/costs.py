@@ -13,6 +13,24 @@ from nas.errors import NASError
 from nas.ops import OpSpec
 from nas.registry import register_cost_model
 
+#: units that count things: printed with SI prefixes (7.588M MACs)
+COUNT_UNITS = ("MACs", "params", "ReLUs", "MAC-equivalents")
+
+
+def si(value: float, digits: int = 4) -> str:
+    """``3.3e9`` -> ``3.3G``, ``2.05e6`` -> ``2.05M``."""
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.{digits}g}{prefix}"
+    return f"{value:.{digits}g}"
+
+
+def format_cost(value: float, unit: str | None) -> str:
+    """A cost as every output prints it: counts with SI prefixes (``7.588M MACs``), other
+    units with four significant digits (``8.123 ms``)."""
+    number = si(value) if unit in COUNT_UNITS else f"{value:.4g}"
+    return f"{number} {unit}" if unit else number
+
 
 class CostModel(abc.ABC):
     """Prices OpSpecs. ``unit`` names what the number counts (for tables and plots)."""

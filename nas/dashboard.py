@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from nas import checks
 from nas.errors import USER_ERROR_EXIT_CODE, NASError
 
 
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from nas.ledger import open_storage
 
     try:
+        checks.port("--port", args.port)
         location, study_name = resolve_storage(args.target)
         storage = open_storage(location)
         url = study_url(storage, study_name, args.host, args.port)

@@ -99,8 +99,11 @@ def world() -> World:
 
 
 def leave() -> None:
-    """Leave the process group (at the end of a run)."""
+    """Leave the process group (at the end of a run), all processes together: a process
+    that tears gloo down while rank 0 still writes the run directory was seen to abort
+    ("terminate called without an active exception"), failing the whole torchrun."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

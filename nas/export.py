@@ -27,13 +27,46 @@ class SavedModel(NamedTuple):
     space: Space
 
 
+class BestModelKeeper:
+    """Keeps the best feasible trained model of a search as ``run_dir/model.pt`` (written
+    atomically, replaced when a better one is evaluated): the ``on_evaluation`` hook of a
+    :class:`nas.SearchProblem`, for the CLI's runs and ``nas.search(run_dir=...)`` alike."""
+
+    FILE = "model.pt"
+
+    def __init__(self, run_dir: Path, space: Space):
+        self.path, self.space = Path(run_dir) / self.FILE, space
+
+    def __call__(self, evaluation, model, best_before) -> None:
+        if model is None or not evaluation.feasible:
+            return
+        if best_before is None or evaluation.quality > best_before.quality or (
+                evaluation.quality == best_before.quality and evaluation.cost < best_before.cost):
+            from nas.train import save_atomic
+
+            save_atomic({"space": self.space.name, "space_config": self.space.config(), "arch": dict(evaluation.arch),
+                         "arch_key": evaluation.arch.key(), "state_dict": model.state_dict()}, self.path)
+
+    def weights_of(self, best) -> str | None:
+        """The file name of the kept model when it is ``best``'s (a resumed run may have
+        found its best before the model was kept), else None."""
+        if best is None or not self.path.exists():
+            return None
+        saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        return self.FILE if saved.get("arch_key") == best.arch.key() else None
+
+
 def load(run_dir) -> SavedModel:
-    """The best trained model of the run in ``run_dir``, in eval mode, on the CPU."""
+    """The best trained model of the run in ``run_dir`` (a folder of ``python -m nas.run``
+    or of ``nas.search(..., run_dir=...)``), in eval mode, on the CPU."""
     import yaml
 
     from nas import get_space
     from nas.registry import import_plugins
 
+    if not isinstance(run_dir, (str, Path)):
+        raise NASError(f"nas.load takes a run folder (str or Path), got {type(run_dir).__name__}; a search keeps "
+                       "its best model when given one: nas.search(..., run_dir='runs/mine'), then nas.load('runs/mine')")
     run_dir = Path(run_dir).expanduser()
     path = run_dir / "model.pt"
     if not path.is_file():

@@ -148,6 +148,10 @@ def open_storage(storage: str | None):
                 time.sleep(0.5 * (attempt + 1))
                 continue
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "DatabaseError" in first or "malformed" in first:
+                raise NASError(f"cannot open storage {storage!r}: {first}; the ledger file is damaged (e.g. a "
+                               "truncated copy): move it, or the whole run folder, aside and start again, or choose "
+                               "another run_name") from None
             raise NASError(f"cannot open storage {storage!r}: {first}") from None
     raise NASError(f"cannot open storage {storage!r}: its tables could not be created")
 
@@ -185,6 +189,16 @@ class Ledger:
         attrs = self.storage.get_study_user_attrs(self.study_id)
         registered = sorted((when, key.split(" ", 1)[1]) for key, when in attrs.items() if key.startswith("worker "))
         return [w for _, w in registered if w == self.worker or worker_alive(w)]
+
+    def done_searching(self) -> None:
+        """Say that this worker starts no more evaluations (workers reading the whole shared
+        search back wait for it)."""
+        self.storage.set_study_user_attr(self.study_id, f"done {self.worker}", time.time())
+
+    def still_searching(self) -> list[str]:
+        """Live workers other than this one that may still start evaluations."""
+        attrs = self.storage.get_study_user_attrs(self.study_id)
+        return [w for w in self.live_workers() if w != self.worker and f"done {w}" not in attrs]
 
     def refresh(self) -> None:
         """Read the evaluations finished in the storage (by this or any other worker)."""
@@ -307,26 +321,50 @@ class ProgressLog:
         self.study_name = f"{ledger.study.study_name}:progress"
         self._study_id: int | None = None
         self._trials: dict[str, list] = {}  # quantity -> [trial id, finished, last value]
+        self._numbers: dict[str, int] = {}  # quantity -> trial number
 
     def _open(self) -> None:
-        study = optuna.create_study(storage=self.storage, study_name=self.study_name, load_if_exists=True)
+        self._study = optuna.create_study(storage=self.storage, study_name=self.study_name, load_if_exists=True)
         self._study_id = self.storage.get_study_id_from_name(self.study_name)
-        for t in study.get_trials(deepcopy=False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._study.set_metric_names(["last logged value (not an objective)"])
+        for t in self._study.get_trials(deepcopy=False):
             if "quantity" in t.user_attrs:
                 self._trials[t.user_attrs["quantity"]] = [t._trial_id, t.state.is_finished(), None]
+                self._numbers[t.user_attrs["quantity"]] = t.number
+
+    def _label(self) -> None:
+        """List every quantity in the study's note, shown above the dashboard's plots (their
+        legends only say "trial #N"; a trial's page shows its quantity as a user attribute)."""
+        from optuna_dashboard import save_note
+
+        rows = sorted((number, quantity) for quantity, number in self._numbers.items())
+        save_note(self._study, "## The search's progress, not an evaluation\n\nEach trial is one quantity the "
+                  "searcher logged (a decision's probability, a loss, a reward baseline); its values over the steps "
+                  "are the trial's intermediate values. Read the **Intermediate Values** plot with the table below "
+                  "(its legend says only the trial number). The Best Trial and History panels mean nothing here: "
+                  "a trial's value is just the quantity's last value. The evaluations are in the study "
+                  f"`{self.study_name.rsplit(':', 1)[0]}`.\n\n| trial | quantity |\n|---|---|\n"
+                  + "\n".join(f"| #{number} | {quantity} |" for number, quantity in rows))
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if self._study_id is None:
             self._open()
+        new = []
         for quantity, value in values.items():
             entry = self._trials.get(quantity)
             if entry is None:
                 template = create_trial(state=TrialState.RUNNING, user_attrs={"quantity": quantity})
                 entry = self._trials[quantity] = [self.storage.create_new_trial(self._study_id, template), False, None]
+                new.append(quantity)
+                self._numbers[quantity] = len(self._numbers)  # the study holds nothing but these trials
             if entry[1] or not math.isfinite(value):
                 continue
             self.storage.set_trial_intermediate_value(entry[0], int(step), float(value))
             entry[2] = float(value)
+        if new:
+            self._label()
 
     def finish(self) -> None:
         """Close the quantities' trials with their last values."""

@@ -37,7 +37,29 @@ _COUNTS: dict = {}
 @dataclass(frozen=True)
 class OpSpec:
     """One layer as it will run. ``name`` says where it sits in the model; it is not part
-    of the key, so identical layers in different places share one LUT entry."""
+    of the key, so identical layers in different places share one LUT entry.
+
+    A space's ``ops(arch)`` lists its network as OpSpecs, in order: every cost model (MACs,
+    parameters, ReLUs, roofline, LUT latency) prices these and nothing else. Make one with
+    ``OpSpec.make(kind, name, **params)``; the built-in kinds (``nas.ops.OP_KINDS``):
+
+    - ``conv``: c_in, c_out, res (input height = width), k; stride, groups (c_in for a
+      depthwise conv), bias, bn (BatchNorm after it), act (relu, relu6, silu, gelu,
+      hswish, sigmoid or None), pre_act, padding.
+    - ``norm``: BatchNorm with an optional act; ``linear``: c_in, c_out (a flat vector);
+      ``pool``: mode avg or max, k, stride; ``gap``: global average pooling to a vector.
+    - ``add``: the addition of a residual connection (c_in, res). A residual block is its
+      layers followed by an ``add``; the model the space builds adds the branches itself.
+    - ``identity`` and ``zero``: a skip and a cut edge (cell spaces such as NAS-Bench-201).
+    - ``mbconv``: a whole inverted-residual block (c_in, c_out, res, k, stride, e, act),
+      counted as the sum of its layers.
+
+    A layer none of these describe (a block with attention, squeeze-excite or parallel
+    branches) is a kind of the space's own: subclass ``nas.ops.TracedOpKind`` (its counts
+    come from tracing the module its ``build(**params)`` returns, so they are exact by
+    construction) or ``nas.ops.OpKind`` (write ``macs``/``params``/``nonlinear``), and
+    register it with ``@nas.register_op_kind("name")``. A LUT measures each distinct
+    OpSpec of every kind as its ``build()`` module."""
 
     kind: str
     params: tuple

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from nas.costs import format_cost  # noqa: E402
 from nas.search import SearchResult  # noqa: E402
 
 
@@ -66,30 +67,43 @@ def plot_pareto(result: SearchResult, path, cost_label: str, quality_label: str,
     return _save(fig, path)
 
 
-def plot_trajectory(trajectory: list[dict], path, title: str = "") -> Path | None:
-    """How a differentiable search's architecture parameters moved: each alpha, or each
-    decision's probability of the option it ended on, against the step. None when the
-    trajectory holds neither."""
-    if not trajectory or not ({"alpha", "probs"} & set(trajectory[0])):
+def trajectories_of(extras: dict) -> dict[str, list[dict]]:
+    """A searcher's trajectories by panel title: the differentiable searcher's one, or
+    one per TuNAS stage."""
+    if extras.get("trajectory"):
+        return {"": extras["trajectory"]}
+    return {stage.get("stage", f"stage {i + 1}"): stage["trajectory"]
+            for i, stage in enumerate(extras.get("stages") or []) if stage.get("trajectory")}
+
+
+def plot_trajectory(trajectories: dict[str, list[dict]], path, title: str = "") -> Path | None:
+    """How a search's architecture parameters moved, one panel per trajectory (e.g. per
+    TuNAS stage): each alpha, or each decision's probability of the option it ended on,
+    against the step. None when no trajectory holds either."""
+    panels = {name: t for name, t in trajectories.items() if t and {"alpha", "probs"} & set(t[0])}
+    if not panels:
         return None
-    kind = "alpha" if "alpha" in trajectory[0] else "probs"
-    steps = [t["step"] for t in trajectory]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    for name in trajectory[0][kind]:
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4), dpi=120, squeeze=False)
+    for ax, (name, trajectory) in zip(axes[0], panels.items()):
+        kind = "alpha" if "alpha" in trajectory[0] else "probs"
+        steps = [t["step"] for t in trajectory]
+        for decision in trajectory[0][kind]:
+            if kind == "alpha":
+                values = [t[kind][decision] for t in trajectory]
+            else:
+                last = trajectory[-1][kind][decision]
+                final = max(range(len(last)), key=last.__getitem__)
+                values = [t[kind][decision][final] for t in trajectory]
+            ax.plot(steps, values, lw=1, alpha=0.8)
         if kind == "alpha":
-            values = [t[kind][name] for t in trajectory]
-        else:
-            final = max(range(len(trajectory[-1][kind][name])), key=trajectory[-1][kind][name].__getitem__)
-            values = [t[kind][name][final] for t in trajectory]
-        ax.plot(steps, values, lw=1, alpha=0.8)
-    if kind == "alpha":
-        ax.axhline(1.0, c="k", lw=0.8, ls="--")
-    ax.set_xlabel("step")
-    ax.set_ylabel("alpha per unit (1: linear, collapses)" if kind == "alpha"
-                  else "probability of the final option, per decision")
-    if title:
-        ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
+            ax.axhline(1.0, c="k", lw=0.8, ls="--")
+        ax.set_xlabel("step")
+        ax.set_ylabel("alpha per unit (1: linear, collapses)" if kind == "alpha"
+                      else "probability of the final option, per decision")
+        heading = " / ".join(part for part in (title, name) if part)
+        if heading:
+            ax.set_title(heading, fontsize=9)
+        ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
@@ -105,7 +119,7 @@ def plot_layer_costs(ops, cost_model, path, cost_label: str, title: str = "") ->
     unit = cost_model.unit or "cost"
     ax.set_xlabel(f"{cost_label} per layer")
     total = cost_model.cost(ops)
-    ax.set_title((f"{title}\n" if title else "") + f"total {total:.4g} {unit} (overhead "
-                 f"{cost_model.overhead():.3g})", fontsize=9)
+    ax.set_title((f"{title}\n" if title else "") + f"total {format_cost(total, unit)} (overhead "
+                 f"{format_cost(cost_model.overhead(), unit)})", fontsize=9)
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import inspect
+import math
 import warnings
 from importlib import metadata
 from typing import Any, Callable
@@ -105,6 +106,9 @@ def config_fields(factory) -> dict:
 
 
 def check_fields(factory, cfg: dict, what: str) -> None:
+    """``cfg`` against the factory's keyword parameters: known names, types judged by the
+    defaults, numbers finite and not negative (except the names in the factory's
+    ``signed_fields``)."""
     sig = inspect.signature(factory)
     if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
         return
@@ -125,6 +129,11 @@ def check_fields(factory, cfg: dict, what: str) -> None:
                 raise NASError(f"{what} field {key!r} must be {expected}, got null")
         elif not _is_instance(value, expected):
             raise NASError(f"{what} field {key!r} must be {expected}, got {value!r}")
+        elif expected in ("an integer", "a number"):
+            if not math.isfinite(value):
+                raise NASError(f"{what} field {key!r} must be a finite number, got {value!r}")
+            if value < 0 and key not in getattr(factory, "signed_fields", ()):
+                raise NASError(f"{what} field {key!r} must be >= 0, got {value!r}")
 
 
 def _expected_type(default) -> str | None:
@@ -161,6 +170,16 @@ def import_plugins(modules) -> None:
             importlib.import_module(mod)
         except ImportError as exc:
             raise NASError(f"cannot import plug-in module {mod!r}: {exc}") from None
+
+
+def plugins_in_overrides(argv: list[str]) -> list[str]:
+    """The modules a ``plugins=[a,b]`` override names (imported before the config is
+    composed, so their plug-ins' config nodes exist)."""
+    for arg in argv:
+        if arg.startswith("plugins="):
+            value = arg.split("=", 1)[1].strip("[]")
+            return [m.strip() for m in value.split(",") if m.strip()]
+    return []
 
 
 SPACES = Registry("space", "nas.spaces")

@@ -12,13 +12,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import yaml
 
 from nas.errors import USER_ERROR_EXIT_CODE, NASError, one_of
-from nas.registry import COST_MODELS, DATASETS, EVALUATORS, SEARCHERS, SPACES, config_fields, import_plugins
+from nas.registry import (
+    COST_MODELS,
+    DATASETS,
+    EVALUATORS,
+    SEARCHERS,
+    SPACES,
+    config_fields,
+    import_plugins,
+    plugins_in_overrides,
+)
 
 CONF_DIR = Path(__file__).parent / "conf"
 #: config group -> registry of the plug-ins it selects
@@ -156,13 +166,22 @@ def compose_checked(overrides: list[str]):
     return cfg
 
 
-def _check_type(section: str, cfg: dict, key: str, types: tuple, allow_none: bool = False) -> None:
-    value = cfg.get(key)
-    if value is None and allow_none:
-        return
-    if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
-        names = " or ".join(t.__name__ for t in types) + (" or null" if allow_none else "")
-        raise NASError(f"{section}{key} must be {names}, got {value!r}")
+def check_run_fields(cfg: dict) -> None:
+    """The run's own fields (not a plug-in's), checked before anything is written."""
+    from nas import checks
+
+    checks.number("seed", cfg.get("seed"), integer=True, minimum=0, maximum=2**32 - 1)
+    checks.number("budget", cfg.get("budget"), above=0, allow_none=True)
+    checks.safe_name("run_name", cfg.get("run_name"))
+    checks.folder_path("output_dir", cfg.get("output_dir"))
+    for key in ("progress", "save_model"):
+        checks.boolean(key, cfg.get(key, True))
+    storage = cfg.get("storage")
+    if storage is not None and (not isinstance(storage, str) or not storage.strip()):
+        raise NASError(f"storage must be an Optuna storage URL, a .log path, 'memory' or null, got {storage!r}")
+    plugins = cfg.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(m, str) and m for m in plugins):
+        raise NASError(f"plugins must be a list of module names, e.g. plugins=[my_space], got {plugins!r}")
 
 
 # ---------------------------------------------------------------------------- the run
@@ -251,10 +270,8 @@ def make_components(cfg: dict, need=("searcher", "evaluator", "space", "cost_mod
     (fields left null filled from the data set) and the target's cost model."""
     import nas
 
+    check_run_fields(cfg)
     import_plugins(cfg.get("plugins"))
-    _check_type("", cfg, "seed", (int,))
-    _check_type("", cfg, "budget", (int, float), allow_none=True)
-    _check_type("", cfg, "run_name", (str,))
     for group in GROUPS:
         if not isinstance(cfg.get(group), dict) or "name" not in cfg[group]:
             raise NASError(f"config group {group!r} must select an option (e.g. {group}={group_options(group)[0]})")
@@ -295,7 +312,7 @@ def execute(cfg: dict):
     """Run one search from a resolved config dict; write the run directory; return the
     result (None on processes other than rank 0 under torchrun)."""
     from nas import distributed
-    from nas.search import check_distributed
+    from nas.search import check_budget, check_distributed
 
     world = distributed.world()  # under torchrun: joins the other processes
     parts = make_components(cfg)
@@ -308,11 +325,15 @@ def execute(cfg: dict):
         searcher.check(space)  # before the run directory is made (run_search checks again for library callers)
         check_distributed(searcher, world)
     evaluator.bind(space, data)
+    check_budget(space, cost_model, cfg.get("budget"))  # before the run folder is made
 
     run_dir = Path(cfg["output_dir"]) / cfg["run_name"]
     if not world.is_main:
         return follow(cfg, world, searcher, space, cost_model, evaluator, run_dir)
-    return lead(cfg, world, searcher, space, data, cost_model, evaluator, run_dir, one_arch)
+    # the one architecture to evaluate instead of searching (a preset, a file, decisions)
+    arch = with_decisions(space, load_arch(cfg["arch"], space) if cfg.get("arch") else space.default_arch(),
+                          cfg.get("decisions") or {}) if one_arch else None
+    return lead(cfg, world, searcher, space, data, cost_model, evaluator, run_dir, arch)
 
 
 def follow(cfg: dict, world, searcher, space, cost_model, evaluator, run_dir: Path) -> None:
@@ -329,48 +350,50 @@ def follow(cfg: dict, world, searcher, space, cost_model, evaluator, run_dir: Pa
     run_search(searcher, problem)
 
 
-def lead(cfg: dict, world, searcher, space, data, cost_model, evaluator, run_dir: Path, one_arch: bool):
+def lead(cfg: dict, world, searcher, space, data, cost_model, evaluator, run_dir: Path, arch):
     """The run in one process, or as rank 0 under torchrun: writes the run directory."""
+    from nas import checks
+    from nas.costs import format_cost
+    from nas.export import BestModelKeeper
     from nas.ledger import Ledger
-    from nas.plot import plot_layer_costs, plot_pareto, plot_trajectory
+    from nas.plot import plot_layer_costs, plot_pareto, plot_trajectory, trajectories_of
     from nas.search import SearchProblem, run_search
     from nas.tracking import make_logger
 
     target = cfg["target"]
+    created = False
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
         config_path = run_dir / "config.yaml"
         if config_path.exists():
-            old = yaml.safe_load(config_path.read_text()) or {}
+            try:
+                old = yaml.safe_load(config_path.read_text()) or {}
+            except yaml.YAMLError:
+                raise NASError(f"{str(config_path)!r} is not readable YAML; move the run folder aside or choose "
+                               "another run_name") from None
             diffs = _same_evaluations(old, cfg)
             if diffs:
                 raise NASError(f"run {str(run_dir)!r} was made with other settings ({', '.join(diffs[:4])} differ), "
                                "so its evaluations do not apply; choose another run_name or output_dir")
-        config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-
+        # Nothing is written into an existing run folder before the whole setup (storage,
+        # logger) has succeeded; a new folder that the setup fails in is removed again.
+        created = checks.make_folder("output_dir/run_name", run_dir)
         storage = cfg.get("storage") or f"sqlite:///{(run_dir / 'ledger.db').resolve()}"
         ledger = Ledger(space, cfg["run_name"], storage, evaluator.metric, cost_model.name or "cost")
         n_before = len(ledger)
         tracker = make_logger(cfg, run_dir, evaluator.metric, cost_label(target["name"], cost_model))
+        config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     except NASError as exc:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
         world.broadcast(str(exc))  # the processes waiting for the setup stop with the same error
         raise
-    model_path = run_dir / "model.pt"
+    keeper = BestModelKeeper(run_dir, space)
 
     def on_evaluation(evaluation, model, best_before):
-        save_best_model(evaluation, model, best_before)
+        if cfg.get("save_model", True):
+            keeper(evaluation, model, best_before)
         if tracker is not None:
             tracker.log_evaluation(evaluation, best_before)
-
-    def save_best_model(evaluation, model, best_before):
-        if not cfg.get("save_model", True) or model is None or not evaluation.feasible:
-            return
-        if best_before is None or evaluation.quality > best_before.quality or (
-                evaluation.quality == best_before.quality and evaluation.cost < best_before.cost):
-            from nas.train import save_atomic
-
-            save_atomic({"space": space.name, "space_config": space.config(), "arch": dict(evaluation.arch),
-                          "arch_key": evaluation.arch.key(), "state_dict": model.state_dict()}, model_path)
 
     problem = SearchProblem(space, cost_model, evaluator, ledger, cfg.get("budget"), cfg["seed"],
                             bool(cfg.get("progress", True)), on_evaluation, run_dir, world)
@@ -378,27 +401,21 @@ def lead(cfg: dict, world, searcher, space, data, cost_model, evaluator, run_dir
     if n_before:
         print(f"resuming run {cfg['run_name']!r}: {n_before} evaluations in its ledger", file=sys.stderr)
     try:
-        if one_arch:
-            # Evaluate one given architecture instead of searching.
-            base = load_arch(cfg["arch"], space) if cfg.get("arch") else space.default_arch()
-            arch = with_decisions(space, base, cfg.get("decisions") or {})
+        if arch is not None:  # one given architecture instead of a search
             problem.check_budget()
             problem.evaluate(arch)
             result = problem.result(searcher=None, reused_from_ledger=problem.n_reused)
         else:
             result = run_search(searcher, problem)
-    except BaseException:
+    except BaseException as exc:
         if tracker is not None:
             tracker.abort()
+        if isinstance(exc, NASError) and created and not ledger.study.get_trials(deepcopy=False) and \
+                {p.name for p in run_dir.iterdir()} <= {"config.yaml", "ledger.db"}:
+            shutil.rmtree(run_dir, ignore_errors=True)  # refused before it did anything: leave no folder
         raise
 
-    weights = None
-    if result.best is not None and model_path.exists():
-        import torch
-
-        saved = torch.load(model_path, map_location="cpu", weights_only=True)
-        if saved.get("arch_key") == result.best.arch.key():
-            weights = model_path.name
+    weights = keeper.weights_of(result.best)
     latency = _best_latency(problem, result, searcher)
     summary = {
         "run_name": cfg["run_name"], "space": space.name,
@@ -411,7 +428,7 @@ def lead(cfg: dict, world, searcher, space, data, cost_model, evaluator, run_dir
     if latency is not None:
         summary["lut"] = cost_model.lut.info()
         summary["best_latency"] = latency
-    (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
+    (run_dir / "result.json").write_text(checks.json_text(summary, indent=2))
     if result.best is not None:
         (run_dir / "arch.json").write_text(result.best.arch.to_json(space=space.name, indent=2))
     label = cost_label(target["name"], cost_model)
@@ -421,7 +438,7 @@ def lead(cfg: dict, world, searcher, space, data, cost_model, evaluator, run_dir
         plot_layer_costs(space.ops(result.best.arch), cost_model, run_dir / "layers.png", label,
                          f"best of {cfg['run_name']}")
     onnx_note = export_model(run_dir) if weights is not None else None
-    plot_trajectory(result.extras.get("trajectory", []), run_dir / "trajectory.png",
+    plot_trajectory(trajectories_of(result.extras), run_dir / "trajectory.png",
                     f"{space.name} / {searcher.name} / {cfg['run_name']}")
 
     print(f"run directory: {run_dir}")
@@ -431,7 +448,7 @@ def lead(cfg: dict, world, searcher, space, data, cost_model, evaluator, run_dir
     else:
         b = result.best
         whose = cost_model.provenance(short=True)
-        print(f"best: {evaluator.metric} {b.quality:.4f}, {target['name']} {b.cost:.6g} {cost_model.unit}"
+        print(f"best: {evaluator.metric} {b.quality:.4f}, {target['name']} {format_cost(b.cost, cost_model.unit)}"
               f"{f' ({whose})' if whose else ''}, trial {b.trial}: {b.arch.to_json()}")
     for line in result.extras.get("report", []):  # the searcher's own summary
         print(line)
@@ -513,27 +530,27 @@ def _hydra_task(cfg) -> None:
         sys.exit(130)
 
 
-def _plugins_from_argv(argv: list[str]) -> list[str]:
-    for arg in argv:
-        if arg.startswith("plugins="):
-            value = arg.split("=", 1)[1].strip("[]")
-            return [m.strip() for m in value.split(",") if m.strip()]
-    return []
-
-
 def main(argv: list[str] | None = None) -> int:
+    from omegaconf import OmegaConf
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         argv = decision_overrides(argv)
-        import_plugins(_plugins_from_argv(argv))
+        import_plugins(plugins_in_overrides(argv))
         register_config_nodes()
         register_resolvers()
         if "--help" in argv or "-h" in argv:
             print(help_text())
             return 0
+        # A mistake is reported before anything starts (Hydra itself writes nothing: see
+        # conf/config.yaml); each run of a --multirun sweep is checked the same way.
         hydra_flags = [a for a in argv if a.startswith("-")]
         if not hydra_flags:
-            compose_checked(argv)  # a mistake is reported before anything starts
+            check_run_fields(OmegaConf.to_container(compose_checked(argv), resolve=True))
+        elif set(hydra_flags) <= {"--multirun", "-m"}:
+            from nas.sweep import composed_configs, parse_overrides
+
+            composed_configs(*parse_overrides([a for a in argv if not a.startswith("-")], owned=()))
     except NASError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
@@ -546,8 +563,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, handle_sigterm)  # training searchers checkpoint, then stop
     task = hydra.main(version_base=None, config_path="conf", config_name="config")(_hydra_task)
-    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 alone writes Hydra's files
-        argv += ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 alone prints Hydra's messages
+        argv += ["hydra/hydra_logging=none"]
     sys.argv = [sys.argv[0]] + argv
     task()
     return 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import abc
-import json
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -14,13 +14,33 @@ from tqdm.auto import tqdm
 
 from nas import distributed
 from nas.arch import Arch
-from nas.costs import CostModel
+from nas.costs import CostModel, format_cost
 from nas.distributed import World
 from nas.errors import NASError
 from nas.evaluators import Evaluator
 from nas.ledger import Evaluation, Ledger, ProgressLog, beating
 from nas.registry import SEARCHERS
 from nas.space import Space
+
+#: space -> cost model -> (cheapest cost, exact): min_cost is costly (seconds for hant), and
+#: the CLI checks the budget before it makes the run folder, then the search again
+_MIN_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def check_budget(space: Space, cost_model: CostModel, budget: float | None) -> None:
+    """NASError if no architecture of ``space`` costs at most ``budget`` under ``cost_model``."""
+    if budget is None:
+        return
+    known = _MIN_COSTS.setdefault(space, weakref.WeakKeyDictionary())
+    if cost_model not in known:
+        cheapest, _, exact = space.min_cost(cost_model)
+        known[cost_model] = (cheapest, exact)
+    cheapest, exact = known[cost_model]
+    if cheapest > budget:
+        how = "the cheapest architecture" if exact else "the cheapest of the architectures tried"
+        unit = cost_model.unit
+        raise NASError(f"budget {format_cost(budget, unit)} ({budget:g}) is infeasible for space "
+                       f"{space.name!r}: {how} costs {format_cost(cheapest, unit)} ({cheapest:g})")
 
 
 def pareto_front(evals: list[Evaluation]) -> list[Evaluation]:
@@ -63,7 +83,9 @@ class SearchResult:
                 "history": [e.to_dict() for e in self.history]}
 
     def to_json(self, **kw) -> str:
-        return json.dumps(self.to_dict(), **kw)
+        from nas.checks import json_text
+
+        return json_text(self.to_dict(), **kw)
 
 
 class SearchProblem:
@@ -113,13 +135,7 @@ class SearchProblem:
 
     def check_budget(self) -> None:
         """NASError if no architecture of the space fits the budget."""
-        if self.budget is None:
-            return
-        cheapest, arch, exact = self.space.min_cost(self.cost_model)
-        if cheapest > self.budget:
-            how = "the cheapest architecture" if exact else "the cheapest of the architectures tried"
-            raise NASError(f"budget {self.budget:g} {self.cost_model.unit} is infeasible for space "
-                           f"{self.space.name!r}: {how} costs {cheapest:g} {self.cost_model.unit}")
+        check_budget(self.space, self.cost_model, self.budget)
 
     # ---------------------------------------------------------------- evaluation
     def begin(self, total: int | None, desc: str = "search") -> None:
@@ -225,7 +241,8 @@ class SearchProblem:
             best = self.best()
             self._bar.update(1)
             if best is not None:
-                self._bar.set_postfix(best=f"{best.quality:.4f}", cost=f"{best.cost:.4g}", refresh=False)
+                self._bar.set_postfix(best=f"{best.quality:.4f}", cost=format_cost(best.cost, self.cost_model.unit),
+                                  refresh=False)
         return evaluation
 
     def best(self) -> Evaluation | None:

@@ -169,6 +169,19 @@ class Space(abc.ABC):
     def build(self, arch: Arch) -> nn.Module:
         """A standalone ``torch.nn.Module`` for ``arch`` taking ``input_shape`` inputs."""
 
+    def check_input_size(self) -> None:
+        """Refuse a resolution the network cannot downsample even once (e.g. 1x1 images
+        through stride-2 stages train without an error but mean nothing). Deeper strided
+        layers may see 1 px: small images in a space made for large ones are allowed."""
+        for op in self.ops(self.default_arch()):
+            stride, res = op.get("stride", 1), op.get("res")
+            if isinstance(stride, int) and isinstance(res, int) and stride > 1:
+                if res < stride:
+                    raise NASError(f"space.resolution={self.resolution} is too small for space {self.name!r}: its "
+                                   f"first downsampling layer {op.name or op.kind!r} takes {res} px with stride "
+                                   f"{stride}; use a larger resolution (null: the data set's)")
+                return
+
     @abc.abstractmethod
     def ops(self, arch: Arch) -> list[OpSpec]:
         """The layers of ``arch`` as OpSpecs, for costing."""

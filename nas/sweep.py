@@ -22,16 +22,20 @@ it and ``wandb agent`` runs it (both need W&B's server). The offline way, Hydra'
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
 
 import yaml
 
+from nas.checks import safe_name
 from nas.errors import USER_ERROR_EXIT_CODE, NASError, one_of
 
 OVER = ("searcher", "arch")
 METHODS = ("grid", "random", "bayes")
+#: the most values one swept key may take (a longer range is a typo, and would fill memory)
+MAX_SWEEP_VALUES = 10_000
 #: nas.run fields a sweep sets itself
 SWEEP_OWNED = ("run_name", "logger")
 
@@ -47,9 +51,11 @@ class SweepParameter:
         return self.key.startswith("decisions.")
 
 
-def parse_overrides(overrides: list[str]) -> tuple[list[str], list[SweepParameter]]:
-    """Fixed overrides (as written) and swept parameters (choice and range sweeps)."""
+def parse_overrides(overrides: list[str], owned=SWEEP_OWNED) -> tuple[list[str], list[SweepParameter]]:
+    """Fixed overrides (as written) and swept parameters (choice and range sweeps);
+    ``owned``: keys the caller sets itself, refused."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import RangeSweep
     from hydra.errors import HydraException
 
     from nas.run import decision_overrides
@@ -61,7 +67,7 @@ def parse_overrides(overrides: list[str]) -> tuple[list[str], list[SweepParamete
     fixed, swept = [], []
     for ov in parsed:
         key = ov.key_or_group
-        if key in SWEEP_OWNED:
+        if key in owned:
             raise NASError(f"{key} is set by the sweep (runs log to W&B, run names come from --name and the "
                            f"parameters); drop {ov.input_line!r}")
         if not ov.is_sweep_override():
@@ -70,7 +76,24 @@ def parse_overrides(overrides: list[str]) -> tuple[list[str], list[SweepParamete
             raise NASError(f"{ov.input_line!r}: interval sweeps are not supported; list the values (A,B,C) "
                            "or use range(start,stop,step)")
         else:
-            values = list(ov.sweep_iterator())
+            value = ov.value()
+            if isinstance(value, RangeSweep):
+                bounds = (value.start, value.stop, value.step)
+                if not all(isinstance(b, (int, float)) and math.isfinite(b) for b in bounds) or not value.step:
+                    raise NASError(f"{ov.input_line!r}: range(start,stop,step) needs finite numbers and a non-zero "
+                                   "step")
+                count = math.ceil((value.stop - value.start) / value.step)
+                if count > MAX_SWEEP_VALUES:
+                    raise NASError(f"{ov.input_line!r} sweeps over {count:.3g} values; at most {MAX_SWEEP_VALUES:,} "
+                                   "are accepted per key")
+            try:
+                values = list(ov.sweep_iterator())
+            except HydraException as exc:  # e.g. glob(*), which needs the whole config
+                raise NASError(f"{ov.input_line!r}: {str(exc).strip().splitlines()[0]}; list the values (A,B,C) or "
+                               "use range(start,stop,step)") from None
+            if not values:
+                raise NASError(f"{ov.input_line!r} sweeps over no values (an empty range: range(start,stop) needs "
+                               "start < stop, or a negative step)")
             if any(isinstance(v, (list, dict)) for v in values):
                 raise NASError(f"{ov.input_line!r}: sweep values must be numbers, strings or booleans")
             swept.append(SweepParameter(key, values))
@@ -84,18 +107,34 @@ def _with_value(key: str, value) -> str:
     return f"{'+' if key.startswith('decisions.') else ''}{key}={value}"
 
 
-def check_settings(fixed: list[str], swept: list[SweepParameter]) -> dict:
-    """Compose every swept value with the fixed overrides (a mistake is reported now, not
-    in the sweep's runs); return the components of the first combination."""
-    from nas.run import GROUPS, compose_checked, make_components, with_decisions
+def composed_configs(fixed: list[str], swept: list[SweepParameter]) -> list[dict]:
+    """The resolved configs of the first combination and of every swept value of a config
+    key with the others at their first (a mistake is reported now, not in the sweep's
+    runs); each has its run fields checked."""
     from omegaconf import OmegaConf
+
+    from nas.run import check_run_fields, compose_checked
 
     config_swept = [p for p in swept if not p.is_decision]
     first = [_with_value(p.key, p.values[0]) for p in config_swept]
+    variants = [fixed + first]
     for i, p in enumerate(config_swept):
-        for value in p.values[1:]:
-            compose_checked(fixed + first[:i] + [_with_value(p.key, value)] + first[i + 1:])
-    cfg = OmegaConf.to_container(compose_checked(fixed + first), resolve=True)
+        variants += [fixed + first[:i] + [_with_value(p.key, value)] + first[i + 1:] for value in p.values[1:]]
+    configs = []
+    for overrides in variants:
+        cfg = OmegaConf.to_container(compose_checked(overrides), resolve=True)
+        check_run_fields(cfg)
+        configs.append(cfg)
+    return configs
+
+
+def check_settings(fixed: list[str], swept: list[SweepParameter]) -> dict:
+    """Check every swept value with the fixed overrides (:func:`composed_configs` and
+    the decisions); return the components of the first combination."""
+    from nas.run import GROUPS, make_components, with_decisions
+
+    config_swept = [p for p in swept if not p.is_decision]
+    cfg = composed_configs(fixed, swept)[0]
     parts = make_components(cfg, need=("searcher", "evaluator", "space"))
     space = parts["space"]
     decisions = dict(cfg.get("decisions") or {})  # the fixed ones
@@ -179,20 +218,25 @@ def main(argv: list[str] | None = None) -> int:
         method = args.method or ("grid" if args.over == "searcher" else "random")
         if method not in METHODS:
             raise NASError(f"--method {method!r} is not accepted; use one of {one_of(METHODS)}")
-        from nas.registry import import_plugins
-        from nas.run import _plugins_from_argv, register_config_nodes, register_resolvers
+        from nas.registry import import_plugins, plugins_in_overrides
+        from nas.run import register_config_nodes, register_resolvers
 
-        import_plugins(_plugins_from_argv(args.overrides))
+        import_plugins(plugins_in_overrides(args.overrides))
         register_config_nodes()
         register_resolvers()
         fixed, swept = parse_overrides(args.overrides)
         checked = check_settings(fixed, swept)
-        name = args.name or f"{checked['space'].name}-{args.over}-sweep"
-        if not name or any(c in name for c in "/${}= "):
-            raise NASError(f"--name {name!r} must be a plain name (no '/', '$', braces, '=' or spaces)")
+        name = safe_name("--name", args.name or f"{checked['space'].name}-{args.over}-sweep")
+        if any(c in name for c in "${}=, "):  # the run names are Hydra interpolations and overrides
+            raise NASError(f"--name {name!r} must be a plain name (no '$', braces, '=', ',' or spaces)")
         config = sweep_config(args.over, method, name, fixed, swept, checked)
-        out = Path(args.out or f"{name}.yaml")
-        out.write_text(yaml.safe_dump(config, sort_keys=False))
+        out = Path(args.out or f"{name}.yaml").expanduser()
+        if out.is_dir():
+            raise NASError(f"--out {str(out)!r} is a folder; name the YAML file to write")
+        try:
+            out.write_text(yaml.safe_dump(config, sort_keys=False))
+        except OSError as exc:
+            raise NASError(f"--out: cannot write {str(out)!r} ({exc.strerror or exc})") from None
     except NASError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE

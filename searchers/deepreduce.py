@@ -30,6 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nas import NASError, Searcher, register_searcher
+from nas.costs import format_cost
 from nas.evaluators import TrainEvaluator
 from nas.run import load_arch
 
@@ -60,6 +61,10 @@ class DeepReDuce(Searcher):
                            f"{distill_weight} and {temperature}")
         self.channel_scale = float(channel_scale)
         self.distill, self.distill_weight, self.temperature = bool(distill), float(distill_weight), float(temperature)
+
+    def check(self, space) -> None:
+        super().check(space)
+        load_arch(self.base, space, "searcher.base")  # a wrong base is said before the run starts
 
     def check_order(self, order, stages: int) -> list[int]:
         if sorted(order) != list(range(1, stages + 1)):
@@ -167,6 +172,6 @@ class DeepReDuce(Searcher):
                  f"networks trained {how}:"]
         for row in rows:
             lines.append(f"  {row['name']:<22} ReLUs {row['relus']:>9,} (stages {row['stage_relus']})  "
-                         f"{metric} {row['quality']:.4f}  {problem.cost_model.name} {row['cost']:.4g} {unit}")
+                         f"{metric} {row['quality']:.4f}  {problem.cost_model.name} {format_cost(row['cost'], unit)}")
         return problem.result(criticality=order, stage_accuracy=stage_accuracy, culled_stage=culled,
                               networks=rows, report=lines)

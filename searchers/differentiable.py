@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from nas import NASError, Searcher, register_searcher
+from nas.costs import format_cost
 from nas.distributed import RunningStats, sum_gradients
 from nas.ledger import flat_progress
 from nas.lut import describe_latency, latency_report
@@ -44,6 +45,7 @@ from nas.train import TrainingCheckpoint, load_batch, resolve_device, rng_states
 class Differentiable(Searcher):
     requires = ("relaxed",)
     distributed = True
+    signed_fields = ("alpha_init",)  # a PReLU slope starts anywhere
 
     def __init__(self, steps: int = 300, batch_size: int = 64, lr: float = 0.05, momentum: float = 0.9,
                  weight_decay: float = 4e-5, arch_lr: float = 0.05, penalty_weight: float = 0.01,
@@ -74,6 +76,16 @@ class Differentiable(Searcher):
         if checkpoint_every < 1:
             raise NASError(f"searcher.checkpoint_every must be >= 1, got {checkpoint_every}")
         self.checkpoint_every, self.micro_batches = checkpoint_every, micro_batches
+
+    def check(self, space) -> None:
+        super().check(space)
+        if self.base:  # a wrong base is said before the run starts
+            from nas.run import load_arch
+
+            try:
+                load_arch(self.base, space)
+            except NASError as exc:
+                raise NASError(f"searcher.base: {exc}") from None
 
     def search(self, problem):
         from nas.run import load_arch
@@ -167,7 +179,7 @@ class Differentiable(Searcher):
                          f"(base: {before['collapsed']})")
         lines.append(f"MACs: {before['macs'] / 1e6:.3f}M -> {after['macs'] / 1e6:.3f}M "
                      f"({after['macs'] / before['macs'] - 1:+.1%})")
-        lines.append(f"{problem.cost_model.name}: {before['cost']:.4g} -> {after['cost']:.4g} {unit} "
+        lines.append(f"{problem.cost_model.name}: {format_cost(before['cost'], unit)} -> {format_cost(after['cost'], unit)} "
                      f"({after['cost'] / before['cost'] - 1:+.1%})")
         if "measured_latency_ms" in extras:
             lines.append(describe_latency(extras))

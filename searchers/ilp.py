@@ -39,6 +39,7 @@ import scipy.optimize
 import scipy.sparse
 
 from nas import NASError, Score, Searcher, register_searcher
+from nas.costs import format_cost
 
 SOLVERS = ("auto", "cbc", "highs")
 
@@ -405,8 +406,9 @@ class ILPSearch(Searcher):
         cheapest = fixed + sum(float(c.min()) for c in costs)
         if budget < cheapest - 1e-12:
             restricted = " with zero_shot (teacher and parameter-free identity ops only)" if self.zero_shot else ""
-            raise NASError(f"budget {budget:g} {cost_model.unit} is infeasible{restricted}: the smallest achievable "
-                           f"cost is {cheapest:g} {cost_model.unit}")
+            unit = cost_model.unit
+            raise NASError(f"budget {format_cost(budget, unit)} ({budget:g}) is infeasible{restricted}: the smallest "
+                           f"achievable cost is {format_cost(cheapest, unit)} ({cheapest:g})")
         n_candidates = sum(len(o) for o in options)
 
         def log_pretraining(step, mse):  # per layer, the mean MSE of its candidates (dashboard)
@@ -466,15 +468,15 @@ class ILPSearch(Searcher):
                   "budget_used": budget, "candidates_searched": n_candidates, "teacher_loss": base_loss,
                   "selections": candidates, "chosen_solution": best_i + 1}
         lines = [f"teacher ({teacher_source}): {problem.evaluator.metric} {teacher_acc:.4f}, "
-                 f"{cost_model.name} {teacher_cost:.4g} {cost_model.unit}",
+                 f"{cost_model.name} {format_cost(teacher_cost, cost_model.unit)}",
                  f"candidates: {n_candidates} of {sum(len(d.options) for d in decisions)}"
                  + (" (zero-shot: teacher and identity)" if self.zero_shot else
                     " (prefiltered: no costlier than the teacher's layer)" if self.prefilter else ""),
-                 f"ILP: {len(selections)} selections under {budget:.4g} {cost_model.unit}, largest proven gap "
+                 f"ILP: {len(selections)} selections under {format_cost(budget, cost_model.unit)}, largest proven gap "
                  f"{max(s.gap for s in selections):.3%}, {sum(s.seconds for s in selections):.2f} s; "
                  f"solution {best_i + 1} has the lowest held-out loss ({candidates[best_i]['held_out_loss']:.4f})",
                  f"found: {problem.evaluator.metric} {found.quality:.4f} after fine-tuning with distillation, "
-                 f"{cost_model.name} {found.cost:.4g} {cost_model.unit} ({found.cost / teacher_cost:.0%} of the teacher)"]
+                 f"{cost_model.name} {format_cost(found.cost, cost_model.unit)} ({found.cost / teacher_cost:.0%} of the teacher)"]
         if self.measure_latency:
             for who, arch in (("teacher", teacher_arch), ("found", best_arch)):
                 report = latency_report(problem, arch)

@@ -19,8 +19,8 @@ from collections import Counter
 import numpy as np
 
 from nas import NASError, Searcher, register_searcher
+from nas.costs import format_cost
 from nas.nnmass import nn_mass
-from nas.report import si
 
 BUDGET_METRICS = ("macs", "params", "cost")
 
@@ -49,7 +49,8 @@ def _parse_budgets(budgets) -> list[dict[str, float]]:
 
 
 def describe_budget(budget: dict, unit: str) -> str:
-    words = {"macs": lambda v: f"{si(v)} MACs", "params": lambda v: f"{si(v)} params", "cost": lambda v: f"{v:g} {unit}"}
+    words = {"macs": lambda v: format_cost(v, "MACs"), "params": lambda v: format_cost(v, "params"),
+             "cost": lambda v: format_cost(v, unit)}
     return " / ".join(words[k](v) for k, v in budget.items())
 
 
@@ -138,8 +139,8 @@ class NNMassSearch(Searcher):
                 shape = f" widths {e['widths']} depths {e['depths']}" if "widths" in e else ""
                 trained = "" if problem.evaluator.metric == "nn_mass" else \
                     f"  {problem.evaluator.metric} {e['quality']:.4g}"
-                report.append(f"  {e['rank']}. NN-Mass {e['nn_mass']:.0f}  {si(e['macs'])} MACs  "
-                              f"{si(e['params'])} params  {e['cost']:.4g} {unit}{trained}  "
+                report.append(f"  {e['rank']}. NN-Mass {e['nn_mass']:.0f}  {format_cost(e['macs'], 'MACs')}  "
+                              f"{format_cost(e['params'], 'params')}  {format_cost(e['cost'], unit)}{trained}  "
                               f"{dict(e['arch'])}{shape}")
         if not any(b["ranked"] for b in budgets):
             raise NASError(f"no candidate of space {space.name!r} is within ±{self.tolerance:.0%} of any budget "

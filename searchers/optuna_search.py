@@ -19,12 +19,16 @@ search is exactly the single-process one.
 
 from __future__ import annotations
 
+import sys
+import time
+
 import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
 from nas import Arch, NASError, Searcher, register_searcher
+from nas.ledger import HEARTBEAT_GRACE_SECONDS
 
 SAMPLERS = ("tpe", "nsga2", "random")
 
@@ -45,6 +49,27 @@ class OptunaSearch(Searcher):
         self.population_size = population_size
         self.max_proposals_per_eval = max_proposals_per_eval
 
+    @staticmethod
+    def _read_back_shared_search(problem) -> None:
+        """Make the result the whole shared search: wait until the other workers start no
+        more evaluations (a worker may still be between counting the ledger and claiming
+        its last candidate) and read theirs back. A worker on another host that died
+        without saying so is waited for at most HEARTBEAT_GRACE_SECONDS after the last
+        evaluation arrived."""
+        problem.ledger.done_searching()
+        quiet_since = time.time()
+        while True:
+            problem.ledger.refresh()
+            rest = [e.arch for e in problem.ledger.evaluations()] + problem.ledger.others_evaluating()
+            rest = [arch for arch in rest if problem.seen(arch) is None]
+            if rest:
+                problem.evaluate_many(rest)  # waits for the ones under way
+                quiet_since = time.time()
+            elif not problem.ledger.still_searching() or time.time() - quiet_since > HEARTBEAT_GRACE_SECONDS:
+                return
+            else:
+                time.sleep(problem.poll_seconds)
+
     def _make_sampler(self, seed: int):
         if self.sampler == "tpe":
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
@@ -62,6 +87,10 @@ class OptunaSearch(Searcher):
         streams: dict[int, np.random.SeedSequence] = {}  # worker index -> its proposals' seeds
         told: set[str] = set()  # archs whose results the sampler has
         together = False  # whether other workers took part
+        if self.sampler == "nsga2" and self.population_size > self.n_evals:
+            print(f"warning: searcher.population_size={self.population_size} is larger than searcher.n_evals="
+                  f"{self.n_evals}: NSGA-II never gets past its first, random generation; lower the population "
+                  "or raise n_evals", file=sys.stderr)
         problem.begin(self.n_evals, desc=f"optuna {self.sampler}")
         proposals, over_budget = 0, 0
         limit = self.n_evals * self.max_proposals_per_eval
@@ -110,12 +139,6 @@ class OptunaSearch(Searcher):
             evaluation = problem.evaluate(arch)
             told.add(arch.key())
             tell(trial, evaluation.quality, evaluation.cost)
-        if together:  # the result holds the whole shared search: the others' evaluations (waited for), read back
-            while True:
-                problem.ledger.refresh()
-                rest = [e.arch for e in problem.ledger.evaluations()] + problem.ledger.others_evaluating()
-                rest = [arch for arch in rest if problem.seen(arch) is None]
-                if not rest:
-                    break
-                problem.evaluate_many(rest)
+        if together:
+            self._read_back_shared_search(problem)
         return problem.result(proposals=proposals, skipped_over_budget=over_budget, sampler=self.sampler)

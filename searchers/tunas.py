@@ -79,6 +79,7 @@ class Controller:
 class TuNAS(Searcher):
     requires = ("supernet",)
     distributed = True
+    signed_fields = ("beta",)  # the cost penalty's weight is negative
 
     def __init__(self, stages: int = 2, steps: int = 250, batch_size: int = 64, reward_batch_size: int = 256,
                  warmup: float = 0.25, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 4e-5,

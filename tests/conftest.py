@@ -46,6 +46,27 @@ def run_cli(args, cwd, env, timeout=300):
                           text=True, timeout=timeout)
 
 
+#: a space plug-in written as a user would, imported with plugins=[my_plugins]
+TWO_WIDTHS_PLUGIN = '''
+from torch import nn
+import nas
+
+@nas.register_space("two_widths")
+class TwoWidths(nas.Space):
+    def _make_decisions(self):
+        return [nas.Decision("width", (4, 8))]
+
+    def ops(self, arch):
+        w = arch["width"]
+        return [nas.OpSpec.make("conv", "conv", c_in=self.in_channels, c_out=w, res=self.resolution, k=3, act="relu"),
+                nas.OpSpec.make("gap", "gap", c_in=w, res=self.resolution),
+                nas.OpSpec.make("linear", "fc", c_in=w, c_out=self.num_classes)]
+
+    def build(self, arch):
+        return nn.Sequential(*(op.build() for op in self.ops(arch)))
+'''
+
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run"]
 

@@ -4,7 +4,6 @@ import json
 import sqlite3
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import optuna
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 import nas
-from conftest import run_cli
+from conftest import TWO_WIDTHS_PLUGIN, run_cli
 
 NB201 = ["space=nb201", "evaluator=table", "searcher=random", "target=macs", "progress=false"]
 
@@ -40,7 +39,7 @@ def test_help_lists_plugins(tmp_path, cli_env):
     (["searcher=random", "searcher.n_evals=many"], "field 'n_evals' must be an integer"),
     (["searcher.n_evals=5"], "'searcher.n_evals' is not a field of searcher (tunas)"),
     (["data=cifar10", "data.path=/no/such/folder"], "cifar10 data folder '/no/such/folder' does not exist"),
-    (NB201 + ["budget=1000"], "budget 1000 MACs is infeasible for space 'nb201'"),
+    (NB201 + ["budget=1000"], "budget 1k MACs (1000) is infeasible for space 'nb201'"),
     (["space=nb201", "evaluator=table", "space.resolution=30"], "nb201 needs a resolution divisible by 4"),
     (["justaword"], "is not an override"),
     (["space=convnext_scaled", "searcher=nnmass", "target=macs", "searcher.budgets=[{flops: 1e9}]"],
@@ -51,6 +50,19 @@ def test_help_lists_plugins(tmp_path, cli_env):
     (["space=relu_reuse", "searcher=deepreduce", "searcher.base=resnet99"],
      "searcher.base='resnet99' is neither a preset of space 'relu_reuse'"),
     (["space=uib", "searcher=deepreduce"], "searcher 'deepreduce' needs a space with 'relu_stages'"),
+    # non-finite, negative and wrong-kind values, and folders that cannot be (issue 22)
+    (NB201 + ["budget=nan"], "budget must be a finite number, got nan"),
+    (NB201 + ["budget=inf"], "budget must be a finite number, got inf"),
+    (NB201 + ["budget=-5"], "budget must be > 0"),
+    (NB201 + ["seed=-1"], "seed must be >= 0, got -1"),
+    (NB201 + ["seed=1e3"], "seed must be an integer"),
+    (NB201 + ["progress=maybe"], "progress must be true or false, got 'maybe'"),
+    (NB201 + ["save_model=2"], "save_model must be true or false, got 2"),
+    (NB201 + ["searcher=optuna", "searcher.n_startup_trials=-1"], "field 'n_startup_trials' must be >= 0, got -1"),
+    (NB201 + ["searcher=optuna", "searcher.max_proposals_per_eval=inf"],
+     "field 'max_proposals_per_eval' must be an integer"),
+    (NB201 + ["output_dir=/proc"], "cannot create or write the folder '/proc/"),
+    (NB201 + ["output_dir=/dev/null"], "output_dir '/dev/null' exists and is not a folder"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, cli_env, args, message):
     out = run_cli(args, tmp_path, cli_env)
@@ -59,6 +71,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, cli_env, args, message):
     assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
     assert message in lines[0]
     assert "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []  # a refused run leaves nothing behind
 
 
 def test_nb201_run_dir_and_ledger(tmp_path, cli_env):
@@ -142,25 +155,7 @@ def test_training_run_saves_loadable_best_model(tmp_path, cli_env):
 
 
 def test_third_party_space_from_cli(tmp_path, cli_env):
-    (tmp_path / "my_plugins.py").write_text(textwrap.dedent('''
-        from torch import nn
-        import nas
-
-        @nas.register_space("two_widths")
-        class TwoWidths(nas.Space):
-            def _make_decisions(self):
-                return [nas.Decision("width", (4, 8))]
-
-            def ops(self, arch):
-                w = arch["width"]
-                return [nas.OpSpec.make("conv", "conv", c_in=self.in_channels, c_out=w, res=self.resolution, k=3,
-                                        act="relu"),
-                        nas.OpSpec.make("gap", "gap", c_in=w, res=self.resolution),
-                        nas.OpSpec.make("linear", "fc", c_in=w, c_out=self.num_classes)]
-
-            def build(self, arch):
-                return nn.Sequential(*(op.build() for op in self.ops(arch)))
-    '''))
+    (tmp_path / "my_plugins.py").write_text(TWO_WIDTHS_PLUGIN)
     env = dict(cli_env, PYTHONPATH=f"{tmp_path}:{cli_env['PYTHONPATH']}")
     args = ["plugins=[my_plugins]", "space=two_widths", "searcher=random", "target=macs", "data=synthetic",
             "searcher.n_evals=2",

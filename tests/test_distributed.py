@@ -3,6 +3,7 @@ the same global batch cut into the same micro-batches."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,9 +32,17 @@ HANT = ["space=hant", "space.resolution=16", "space.in_channels=3", "space.num_c
 
 
 def torchrun(args, cwd, env, nproc=2, **kw):
+    """torchrun's processes, each one's output also kept in ``cwd/torchrun-logs`` (see
+    :func:`rank_logs`: a failure shows every rank's, not only the last lines of both)."""
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                           "-m", "nas.run", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=kw.get("timeout", 400))
+                           f"--log-dir={Path(cwd) / 'torchrun-logs'}", "--tee=3", "-m", "nas.run", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=kw.get("timeout", 400))
+
+
+def rank_logs(cwd) -> str:
+    """Each rank's stderr of the torchrun runs in ``cwd``, for a failure's message."""
+    return "\n".join(f"--- {path.relative_to(cwd)}:\n{path.read_text()[-6000:]}"
+                     for path in sorted((Path(cwd) / "torchrun-logs").rglob("stderr.log")))
 
 
 def descendants(pid: int) -> list[int]:
@@ -56,7 +65,7 @@ def descendants(pid: int) -> list[int]:
 def two_ways(args, tmp_path, cli_env):
     """result.json of the search run by 2 processes and by 1 with 2 micro-batches."""
     out = torchrun(args + ["run_name=ddp"], tmp_path, cli_env)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, rank_logs(tmp_path)
     one = run_cli(args + ["run_name=one", "searcher.micro_batches=2"], tmp_path, cli_env)
     assert one.returncode == 0, one.stderr
     return [json.loads((tmp_path / "runs" / name / "result.json").read_text()) for name in ("ddp", "one")]
@@ -135,7 +144,9 @@ def test_torchrun_errors_are_one_line(tmp_path, cli_env):
     out = torchrun(["space=nb201", "evaluator=table", "searcher=random", "target=macs", "run_name=r"], tmp_path,
                    cli_env)
     assert out.returncode != 0
-    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    # (--tee prefixes each worker's lines with its name, e.g. "[default0]:")
+    errors = [line for line in (re.sub(r"^\[\w+\]:", "", raw) for raw in out.stderr.splitlines())
+              if line.startswith("error:")]
     # (a worker torchrun stops as soon as the other failed may not get to print it)
     assert errors and all("trains no shared weights" in e and "tunas" in e for e in errors)
     # one line per worker; the traceback torchrun prints for a failed worker is its own

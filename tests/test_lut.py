@@ -159,7 +159,7 @@ def test_calibration_never_fits_a_negative_overhead():
 
 def test_lut_errors(tmp_path):
     space = TwoConvs()
-    with pytest.raises(NASError, match="python -m nas.lut build space=test_two_convs target=t"):
+    with pytest.raises(NASError, match=r"python -m nas.lut build 'plugins=\[test_lut\]' space=test_two_convs target=t"):
         LUTCost("t", space, str(tmp_path), build="none")
     build_lut(space, "t", FAST, tmp_path, overhead_models=0, progress=False)
     path = machine_lut_path("t", space, FAST, tmp_path)

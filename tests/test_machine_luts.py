@@ -109,9 +109,10 @@ def test_lut_is_built_on_demand_into_the_lut_folder_and_reused(tmp_path, monkeyp
     other = LUTCost("cpu", Ladder(resolution=6), progress=False)
     assert other.path != path and other.path.parent == path.parent
     # build=none refuses with the command that builds it
+    # (the space's plug-in module first: the pasted command imports it)
     with pytest.raises(NASError, match="no LUT of this machine .* build it with: python -m nas.lut build "
-                                       "space=test_ladder target=cpu mode=full space.resolution=10 "
-                                       "space.num_classes=3 space.in_channels=4"):
+                                       r"'plugins=\[test_machine_luts\]' space=test_ladder target=cpu mode=full "
+                                       "space.resolution=10 space.num_classes=3 space.in_channels=4"):
         LUTCost("cpu", Ladder(resolution=10), build="none")
     # target.options.lut_dir overrides the environment
     elsewhere = LUTCost("cpu", space, lut_dir=str(tmp_path / "mine"), progress=False)

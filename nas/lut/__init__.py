@@ -34,6 +34,7 @@ import datetime
 import hashlib
 import json
 import os
+import shlex
 import sys
 import time
 from importlib import resources
@@ -216,9 +217,11 @@ class LUTFile:
             raise NASError(f"LUT file {where!r} is for target {self.meta.get('target')!r}, not {target!r}")
         if space_name is not None and self.meta.get("space") != space_name:
             raise NASError(f"LUT file {where!r} is for space {self.meta.get('space')!r}, not {space_name!r}")
-        asked = json.loads(json.dumps(space_config, default=str)) if space_config is not None else None
-        if asked is not None and self.meta.get("space_config") not in (None, asked):
-            ours = self.meta["space_config"]
+        def as_json(config):  # tuples and lists alike, as the file stores them
+            return json.loads(json.dumps(config, default=str)) if config is not None else None
+
+        asked, ours = as_json(space_config), as_json(self.meta.get("space_config"))
+        if asked is not None and ours not in (None, asked):
             diffs = [f"{k}={ours.get(k)!r} (asked {asked.get(k)!r})" for k in sorted(set(ours) | set(asked))
                      if ours.get(k) != asked.get(k)]
             raise NASError(f"LUT file {where!r} was measured for another configuration of space "
@@ -280,11 +283,18 @@ def _override_value(value) -> str:
     return str(value)
 
 
-def _build_command(target: str, space, lut_dir, mode: str = "full") -> str:
+def _build_command(target: str, space, lut_dir, mode: str = "full",
+                   settings: HarnessSettings | None = None) -> str:
     """A ``python -m nas.lut build`` line that builds the table a run looked for, when pasted:
-    every field of the space's configuration that differs from its constructor's default, or
-    is short, is spelled out (the CLI's own defaults may differ from the constructor's)."""
-    parts = ["python -m nas.lut build", f"space={space.name}", f"target={target}", f"mode={mode}"]
+    the plug-in module of a space that is not built in, every field of the space's
+    configuration that differs from its constructor's default, or is short (the CLI's own
+    defaults may differ from the constructor's), the LUT folder and the harness settings
+    that differ from the defaults."""
+    parts = ["python", "-m", "nas.lut", "build"]
+    module = type(space).__module__
+    if not module.startswith("spaces.") and module != "__main__":
+        parts.append(f"plugins=[{module}]")
+    parts += [f"space={space.name}", f"target={target}", f"mode={mode}"]
     try:
         default_config = type(space)().config()
     except Exception:  # a space whose defaults cannot be built: spell out every field
@@ -292,10 +302,14 @@ def _build_command(target: str, space, lut_dir, mode: str = "full") -> str:
     for k, v in space.config().items():
         text = _override_value(v)
         if default_config.get(k) != v or len(text) <= 40:
-            parts.append(f"space.{k}={text}" if " " not in text else f"'space.{k}={text}'")
+            parts.append(f"space.{k}={text}")
     if lut_dir:
         parts.append(f"target.options.lut_dir={lut_dir}")
-    return " ".join(parts)
+    if settings is not None:
+        default = HarnessSettings()
+        parts += [f"target.options.{k}={v}" for k, v in settings.identity().items()
+                  if hasattr(default, k) and getattr(default, k) != v]
+    return " ".join(shlex.quote(part) for part in parts)  # pasted into a shell as it is
 
 
 @register_cost_model("lut")
@@ -357,12 +371,13 @@ class LUTCost(CostModel):
 
     def _build_here(self, space, existing, build: str, lut_dir, progress: bool) -> None:
         """Build this machine's missing table now (or refuse with the command that builds it)."""
+        command = _build_command(self.target, space, lut_dir, settings=self.settings)
         if build == "none":
             raise NASError(f"no LUT of this machine for target {self.target!r} and space {space.name!r} "
-                           f"at {str(self.path)!r}; build it with: {_build_command(self.target, space, lut_dir)}")
+                           f"at {str(self.path)!r}; build it with: {command}")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise NASError(f"no LUT of this machine for target {self.target!r} and space {space.name!r}; "
-                           f"build it before a torchrun run: {_build_command(self.target, space, lut_dir)}")
+                           f"build it before a torchrun run: {command}")
         machine = this_machine(self.settings.device, self.settings.threads, self.settings.backend)
         mode = existing.mode if existing is not None else build
         what = "continuing the interrupted build of" if existing is not None else "building"

@@ -9,20 +9,21 @@ this machine). ``list`` shows the LUT folder's tables and whose machine measured
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
+from nas import checks
+from nas.checks import json_text
 from nas.errors import USER_ERROR_EXIT_CODE, NASError
 from nas.latency import HarnessSettings
 from nas.latency import IDENTITY_FIELDS
 from nas.lut import (CALIBRATION_MODELS, MODES, LUTCost, LUTFile, build_lut, default_lut_dir, timing_for,
                      validate_lut)
 
-LUT_FIELDS = {"n": int, "samples": int, "overhead_models": int, "lut_seed": int, "rounds": int,
-              "min_run_time": float, "mode": str}
-TYPE_WORDS = {int: "an integer", float: "a number"}
+#: this command's own fields: type and smallest accepted value (min_run_time: above 0)
+LUT_FIELDS = {"n": (int, 2), "samples": (int, 1), "overhead_models": (int, 2), "lut_seed": (int, 0),
+              "rounds": (int, 1), "min_run_time": (float, None), "mode": (str, None)}
 
 
 def _split_args(argv):
@@ -30,10 +31,16 @@ def _split_args(argv):
     for arg in argv:
         key, sep, value = arg.partition("=")
         if sep and key in LUT_FIELDS:
+            kind, least = LUT_FIELDS[key]
             try:
-                own[key] = LUT_FIELDS[key](value)
+                own[key] = kind(value)
             except ValueError:
-                raise NASError(f"{key} must be {TYPE_WORDS[LUT_FIELDS[key]]}, got {value!r}") from None
+                word = "an integer" if kind is int else "a number"
+                raise NASError(f"{key} must be {word}, got {value!r}") from None
+            if kind is int:
+                checks.number(key, own[key], integer=True, minimum=least)
+            elif kind is float:
+                checks.number(key, own[key], above=0)
         else:
             rest.append(arg)
     return own, rest
@@ -54,9 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             raise NASError(f"unknown command {command!r}; use 'build', 'validate' or 'list'")
         if command == "list":
             return list_luts(Path(argv[1]).expanduser() if len(argv) > 1 else default_lut_dir())
+        from nas.registry import import_plugins, plugins_in_overrides
         from nas.run import compose_checked, make_components, register_config_nodes
 
         own, rest = _split_args(argv[1:])
+        import_plugins(plugins_in_overrides(rest))  # a custom space's LUT, as nas.run finds it
         register_config_nodes()
         from omegaconf import OmegaConf
 
@@ -74,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(
             timing_for(mode, HarnessSettings(**{k: options[k] for k in IDENTITY_FIELDS if k in options})), **timing)
         lut_dir = options.get("lut_dir")
+        if lut_dir is not None:
+            checks.folder_path("target.options.lut_dir", lut_dir)
+            if command == "build":  # a folder that takes no files (e.g. under /proc) is said before measuring
+                checks.make_folder("target.options.lut_dir", Path(lut_dir).expanduser())
         seed = own.get("lut_seed", 0)
         if command == "build":
             if options.get("reference"):
@@ -98,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"MAPE {metrics['mape']:.2f}%  within ±10% {metrics['within_10pct']:.0f}%  "
                   f"within ±5% {metrics['within_5pct']:.0f}%")
             record = plot.with_suffix(".json")
-            record.write_text(json.dumps({"lut": str(cost_model.path), **{f"lut_{k}": v for k, v in
+            record.write_text(json_text({"lut": str(cost_model.path), **{f"lut_{k}": v for k, v in
                                                                         cost_model.lut.info().items()},
                                           "overhead_ms": cost_model.lut.overhead_ms,
-                                          "scale": cost_model.lut.scale, **metrics}, indent=1, allow_nan=False))
+                                          "scale": cost_model.lut.scale, **metrics}, indent=1))
             print(f"  scatter plot: {plot}; every model's figures: {record}")
     except NASError as exc:
         print(f"error: {exc}", file=sys.stderr)
