@@ -80,9 +80,8 @@ def search(space: Space | str, searcher: Searcher | str, cost_model: CostModel |
     the searcher's checkpoints, the best trained model (``model.pt``: ``nas.load(run_dir)``
     rebuilds it), ``arch.json`` and ``result.json``.
     """
-    from pathlib import Path
-
     from nas import checks
+    from nas.registry import plugin_module
 
     space = get_space(space) if isinstance(space, str) else space
     searcher = get_searcher(searcher) if isinstance(searcher, str) else searcher
@@ -94,12 +93,10 @@ def search(space: Space | str, searcher: Searcher | str, cost_model: CostModel |
     evaluator = get_evaluator(evaluator) if isinstance(evaluator, str) else evaluator
     if isinstance(data, str):
         data = get_dataset(data)
-    checks.number("budget", budget, above=0, allow_none=True)
-    checks.number("seed", seed, integer=True, minimum=0, maximum=2**32 - 1)
     evaluator.bind(space, data)
     keeper = None
     if run_dir is not None:
-        from nas.export import BestModelKeeper
+        from nas.export import BestModelKeeper, write_result
 
         run_dir = checks.folder_path("run_dir", str(run_dir))
         checks.make_folder("run_dir", run_dir)
@@ -112,18 +109,14 @@ def search(space: Space | str, searcher: Searcher | str, cost_model: CostModel |
     if run_dir is not None:
         import yaml
 
-        module = type(space).__module__
-        plugins = [module] if not module.startswith("spaces.") and module != "__main__" else []
+        module = plugin_module(space)
         # what nas.load reads back: the plug-in module defining the space, if any
-        (Path(run_dir) / "config.yaml").write_text(yaml.safe_dump(
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(
             {"run_name": study_name, "space": {"name": space.name, **space.config()}, "seed": seed,
-             "storage": storage, "plugins": plugins}, sort_keys=False))
-        summary = {"space": space.name, "cost_model": cost_model.name, "cost_unit": cost_model.unit,
-                   "quality_metric": evaluator.metric, "seed": seed, "storage": storage,
-                   "weights": keeper.weights_of(result.best), **result.to_dict()}
-        (Path(run_dir) / "result.json").write_text(checks.json_text(summary, indent=2))
-        if result.best is not None:
-            (Path(run_dir) / "arch.json").write_text(result.best.arch.to_json(space=space.name, indent=2))
+             "storage": storage, "plugins": [module] if module else []}, sort_keys=False))
+        write_result(run_dir, {"space": space.name, "cost_model": cost_model.name, "cost_unit": cost_model.unit,
+                               "quality_metric": evaluator.metric, "seed": seed, "storage": storage,
+                               "weights": keeper.weights_of(result.best), **result.to_dict()}, result, space)
     return result
 
 

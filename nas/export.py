@@ -56,6 +56,16 @@ class BestModelKeeper:
         return self.FILE if saved.get("arch_key") == best.arch.key() else None
 
 
+def write_result(run_dir: Path, summary: dict, result, space: Space) -> None:
+    """A finished search's files in its run folder: ``result.json`` (``summary``, strict
+    JSON) and, when it found one, the best architecture as ``arch.json``."""
+    from nas.checks import json_text
+
+    (Path(run_dir) / "result.json").write_text(json_text(summary, indent=2))
+    if result.best is not None:
+        (Path(run_dir) / "arch.json").write_text(result.best.arch.to_json(space=space.name, indent=2))
+
+
 def load(run_dir) -> SavedModel:
     """The best trained model of the run in ``run_dir`` (a folder of ``python -m nas.run``
     or of ``nas.search(..., run_dir=...)``), in eval mode, on the CPU."""

@@ -172,6 +172,13 @@ def import_plugins(modules) -> None:
             raise NASError(f"cannot import plug-in module {mod!r}: {exc}") from None
 
 
+def plugin_module(obj) -> str | None:
+    """The module to import (``plugins=[...]``) for ``obj``'s class in another process: None
+    for the package's own plug-ins and for classes defined in a script (``__main__``)."""
+    module = type(obj).__module__
+    return None if module.split(".")[0] in ("nas", "spaces", "searchers") or module == "__main__" else module
+
+
 def plugins_in_overrides(argv: list[str]) -> list[str]:
     """The modules a ``plugins=[a,b]`` override names (imported before the config is
     composed, so their plug-ins' config nodes exist)."""

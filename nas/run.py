@@ -354,7 +354,7 @@ def lead(cfg: dict, world, searcher, space, data, cost_model, evaluator, run_dir
     """The run in one process, or as rank 0 under torchrun: writes the run directory."""
     from nas import checks
     from nas.costs import format_cost
-    from nas.export import BestModelKeeper
+    from nas.export import BestModelKeeper, write_result
     from nas.ledger import Ledger
     from nas.plot import plot_layer_costs, plot_pareto, plot_trajectory, trajectories_of
     from nas.search import SearchProblem, run_search
@@ -428,9 +428,7 @@ def lead(cfg: dict, world, searcher, space, data, cost_model, evaluator, run_dir
     if latency is not None:
         summary["lut"] = cost_model.lut.info()
         summary["best_latency"] = latency
-    (run_dir / "result.json").write_text(checks.json_text(summary, indent=2))
-    if result.best is not None:
-        (run_dir / "arch.json").write_text(result.best.arch.to_json(space=space.name, indent=2))
+    write_result(run_dir, summary, result, space)
     label = cost_label(target["name"], cost_model)
     plot_pareto(result, run_dir / "pareto.png", label, evaluator.metric,
                 f"{space.name} / {searcher.name} / {cfg['run_name']}", preset_costs(space, cost_model))

@@ -104,8 +104,10 @@ class SearchProblem:
         self.cost_model = cost_model
         self.evaluator = evaluator
         self.ledger = ledger if ledger is not None else Ledger(space, "search")
-        self.budget = budget
-        self.seed = seed
+        from nas import checks
+
+        self.budget = checks.number("budget", budget, above=0, allow_none=True)
+        self.seed = checks.number("seed", seed, integer=True, minimum=0, maximum=2**32 - 1)
         self.show_progress = progress
         self.on_evaluation = on_evaluation
         #: where searchers keep checkpoints (the run directory from the CLI; None: no checkpoints)

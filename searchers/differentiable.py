@@ -79,17 +79,19 @@ class Differentiable(Searcher):
 
     def check(self, space) -> None:
         super().check(space)
-        if self.base:  # a wrong base is said before the run starts
-            from nas.run import load_arch
+        self.base_arch(space)  # a wrong base is said before the run starts
 
-            try:
-                load_arch(self.base, space)
-            except NASError as exc:
-                raise NASError(f"searcher.base: {exc}") from None
-
-    def search(self, problem):
+    def base_arch(self, space):
+        """The arch whose undecided parts are relaxed: ``base`` (a preset or an arch JSON
+        file), else the space's default."""
         from nas.run import load_arch
 
+        try:
+            return load_arch(self.base, space) if self.base else space.default_arch()
+        except NASError as exc:
+            raise NASError(f"searcher.base: {exc}") from None
+
+    def search(self, problem):
         space = problem.space
         data = getattr(problem.evaluator, "data", None)
         if data is None:
@@ -102,10 +104,7 @@ class Differentiable(Searcher):
         if self.batch_size < 2 * n_micro:
             raise NASError(f"searcher.batch_size ({self.batch_size}) must give each of the {n_micro} micro-batches "
                            "at least 2 examples")
-        try:
-            base = load_arch(self.base, space) if self.base else space.default_arch()
-        except NASError as exc:
-            raise NASError(f"searcher.base: {exc}") from None
+        base = self.base_arch(space)
         torch.manual_seed(problem.seed)
         relaxation = space.relaxed(base, seed=problem.seed, **self.relax_options)
         relaxation.bind_cost(problem.cost_model)

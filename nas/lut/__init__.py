@@ -48,7 +48,7 @@ from nas.errors import NASError, one_of
 from nas.latency import IDENTITY_FIELDS, HarnessSettings, Timing, measure_interleaved
 from nas.machine import Fingerprint, device_name, this_machine
 from nas.ops import OpSpec
-from nas.registry import register_cost_model
+from nas.registry import plugin_module, register_cost_model
 
 FORMAT = "hwnas-lut/2"
 #: environment variable naming the folder of this machine's LUTs (the per-user cache)
@@ -291,8 +291,8 @@ def _build_command(target: str, space, lut_dir, mode: str = "full",
     defaults may differ from the constructor's), the LUT folder and the harness settings
     that differ from the defaults."""
     parts = ["python", "-m", "nas.lut", "build"]
-    module = type(space).__module__
-    if not module.startswith("spaces.") and module != "__main__":
+    module = plugin_module(space)
+    if module is not None:
         parts.append(f"plugins=[{module}]")
     parts += [f"space={space.name}", f"target={target}", f"mode={mode}"]
     try:
