@@ -47,7 +47,11 @@ def test_two_workers_share_one_study_and_survive_a_kill(tmp_path, cli_env, postg
         now = trials(storage)
         mine = [t for t in now if owned_by(t, a)]
         if any(t.state.name == "COMPLETE" for t in mine):
-            held = next((t for t in mine if t.state.name == "RUNNING"), None)
+            # a RUNNING trial a won: when both workers claim an arch at once, the trial with
+            # the higher number loses and its worker closes it as FAIL itself
+            held = next((t for t in mine if t.state.name == "RUNNING" and not any(
+                o.user_attrs.get("arch_key") == t.user_attrs.get("arch_key") and o.number < t.number
+                for o in now)), None)
             if held is not None:
                 break
         time.sleep(0.05)
