@@ -52,7 +52,7 @@ DEFAULT_SPACES = ("uib", "hant", "nb201")
 def space_at_cli_defaults(name: str):
     from omegaconf import OmegaConf
 
-    from nas.run import compose_checked, make_components, register_config_nodes
+    from nas.app.run import compose_checked, make_components, register_config_nodes
 
     register_config_nodes()
     extra = ["evaluator=table"] if name == "nb201" else []

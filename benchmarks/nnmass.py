@@ -46,7 +46,7 @@ def main() -> None:
     # 1. scoring speed
     space = nas.get_space("convnext_scaled", resolution=224, num_classes=1000)
     searcher = nas.get_searcher("nnmass")
-    problem = SearchProblem(space, nas.get_cost_model("macs"), nas.get_evaluator("nnmass"), progress=False)
+    problem = SearchProblem(space, nas.get_cost_model("macs"), nas.get_evaluator("nnmass"), show_progress=False)
     start = time.perf_counter()
     rows = searcher.score(problem, searcher.candidates(space, 0))
     scoring = time.perf_counter() - start
@@ -68,7 +68,7 @@ def main() -> None:
     base_macs = sum(op.macs() for op in small.ops(small.preset("convnext_t")))
     budget = {"macs": args.budget_ratio * base_macs}
     searcher = nas.get_searcher("nnmass", budgets=[budget], tolerance=args.tolerance)
-    problem = SearchProblem(small, nas.get_cost_model("macs"), nas.get_evaluator("nnmass"), progress=False)
+    problem = SearchProblem(small, nas.get_cost_model("macs"), nas.get_evaluator("nnmass"), show_progress=False)
     matches = searcher.matches(searcher.score(problem, searcher.candidates(small, 0)), budget)
     if len(matches) < 2 * args.per_end:
         raise SystemExit(f"only {len(matches)} candidates within ±{args.tolerance:.0%} of {budget['macs']:.3g} MACs; "

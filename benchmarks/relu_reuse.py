@@ -32,7 +32,7 @@ def main() -> None:
     import torch
 
     import nas
-    from nas.evaluators import TrainEvaluator
+    from nas.training.evaluator import TrainEvaluator
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hrn", default="hrn_2x5x2x", help="a preset of relu_reuse at grid=published")

@@ -29,8 +29,8 @@ import sys
 import time
 
 import nas
+from nas.app.localdb import LocalPostgres, install_postgres
 from nas.ledger import Ledger
-from nas.localdb import LocalPostgres, install_postgres
 from nas.search import SearchProblem, run_search
 
 
@@ -40,7 +40,7 @@ def worker(storage, study, n_evals: int, start_at: float, out) -> None:
     evaluator.bind(space, None)
     cost_model = nas.get_cost_model("macs")
     ledger = Ledger(space, study, storage, evaluator.metric, "macs")
-    problem = SearchProblem(space, cost_model, evaluator, ledger, None, 0, False)
+    problem = SearchProblem(space, cost_model, evaluator, ledger, None, 0, show_progress=False)
     problem.poll_seconds = 0.05
     searcher = nas.get_searcher("random", n_evals=n_evals)
     time.sleep(max(0.0, start_at - time.time()))  # every worker starts at once
@@ -75,11 +75,11 @@ def ddp_worker(steps: int, micro_batches: int) -> None:
     data = nas.get_dataset("synthetic", n=4096, num_classes=10, resolution=32, in_channels=3)
     evaluator = nas.get_evaluator("train", epochs=1, device="cpu")  # after the timed steps
     evaluator.bind(space, data)
-    problem = SearchProblem(space, nas.get_cost_model("macs"), evaluator, None, None, 0, False)
+    problem = SearchProblem(space, nas.get_cost_model("macs"), evaluator, None, None, 0, show_progress=False)
     marks = []
     problem.log_progress = lambda step, values: marks.append((step, time.perf_counter()))
     searcher = nas.get_searcher("tunas", stages=1, steps=steps, batch_size=64, reward_batch_size=64,
-                                target_cost=5e6, measure_latency=False, micro_batches=micro_batches)
+                                aim_cost=5e6, measure_latency=False, micro_batches=micro_batches)
     run_search(searcher, problem)
     if problem.world.is_main:
         (s0, t0), (s1, t1) = marks[0], marks[-1]

@@ -107,12 +107,12 @@ def main() -> None:
             start = time.perf_counter()
             extra = [f"searcher.stages={stages}", f"searcher.steps={steps}", f"seed={args.seed}"]
             if stages == 1:  # the same target as the two-stage search
-                extra.append(f"searcher.target_cost={results[2]['target_cost']}")
+                extra.append(f"searcher.aim_cost={results[2]['aim_cost']}")
             results[stages] = run(extra, out)
             results[stages]["seconds"] = time.perf_counter() - start
     two = results[2]
     print(f"two-stage search (defaults, {args.steps} steps per stage, {two['seconds']:.0f} s): target "
-          f"{two['target_cost']:.3f} ms ({two['target_from']}), final LUT latency {two['best']['cost']:.3f} ms, "
+          f"{two['aim_cost']:.3f} ms ({two['aim_from']}), final LUT latency {two['best']['cost']:.3f} ms, "
           f"error {100 * two['cost_error']:+.1f}%, measured {two.get('measured_latency_ms', float('nan')):.3f} ms")
     print(f"{'search':<11} {'steps':>6} {'accuracy':>9} {'LUT ms':>8} {'vs target':>10} {'measured ms':>12}")
     for stages in (1, 2):

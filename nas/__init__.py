@@ -18,9 +18,20 @@ from nas.evaluators import BenchmarkTable, Evaluator, Score
 from nas.export import SavedModel, export_onnx, load
 from nas.ledger import Evaluation, Ledger
 from nas.ops import OpSpec, register_op_kind
-from nas.registry import (COST_MODELS, DATASETS, EVALUATORS, SEARCHERS, SPACES, config_fields,
-                          register_cost_model, register_dataset, register_evaluator, register_searcher, register_space)
-from nas.search import SearchProblem, SearchResult, Searcher, run_search
+from nas.registry import (
+    COST_MODELS,
+    DATASETS,
+    EVALUATORS,
+    SEARCHERS,
+    SPACES,
+    config_fields,
+    register_cost_model,
+    register_dataset,
+    register_evaluator,
+    register_searcher,
+    register_space,
+)
+from nas.search import Searcher, SearchProblem, SearchResult, run_search
 from nas.space import Space
 
 __version__ = "0.1.0"
@@ -90,7 +101,9 @@ def search(space: Space | str, searcher: Searcher | str, cost_model: CostModel |
         fields = config_fields(COST_MODELS.get(cost_model))
         given = {"space": space, "progress": progress}
         cost_model = get_cost_model(cost_model, **{k: v for k, v in given.items() if k in fields})
-    evaluator = get_evaluator(evaluator) if isinstance(evaluator, str) else evaluator
+    if isinstance(evaluator, str):  # an evaluator's seed follows the search's, as on the command line
+        evaluator = get_evaluator(evaluator, **({"seed": seed} if "seed" in config_fields(EVALUATORS.get(evaluator))
+                                                else {}))
     if isinstance(data, str):
         data = get_dataset(data)
     evaluator.bind(space, data)
@@ -103,7 +116,8 @@ def search(space: Space | str, searcher: Searcher | str, cost_model: CostModel |
         storage = storage if storage is not None else f"sqlite:///{(run_dir / 'ledger.db').resolve()}"
         keeper = BestModelKeeper(run_dir, space)
     ledger = Ledger(space, study_name, storage, evaluator.metric, cost_model.name or "cost")
-    problem = SearchProblem(space, cost_model, evaluator, ledger, budget, seed, progress, on_evaluation=keeper,
+    problem = SearchProblem(space, cost_model, evaluator, ledger, budget, seed, show_progress=progress,
+                            on_evaluation=keeper,
                             work_dir=run_dir)
     result = run_search(searcher, problem)
     if run_dir is not None:
@@ -120,9 +134,9 @@ def search(space: Space | str, searcher: Searcher | str, cost_model: CostModel |
     return result
 
 
-# Register the core's own plug-ins (analytic cost models, evaluators, data sets).
+# Register the library's own plug-ins (analytic cost models, the LUT, the table and nnmass evaluators);
+# the training kit's evaluator and data sets are entry points (pyproject.toml).
 from nas import costs as _costs  # noqa: E402,F401
-from nas import data as _data  # noqa: E402,F401
 from nas import lut as _lut  # noqa: E402,F401
 from nas import nnmass as _nnmass  # noqa: E402,F401
 

@@ -57,9 +57,6 @@ class CostModel(abc.ABC):
             total += c
         return float(total + self.overhead())
 
-    def describe(self) -> str:
-        return f"{self.name} ({self.unit})"
-
     def provenance(self, short: bool = False) -> str:
         """Where the costs come from, when a reader must know it to trust them (a measured
         LUT says whose machine measured it); empty for analytic models."""
@@ -173,9 +170,6 @@ class PrivateInference(CostModel):
 
     def op_cost(self, op):
         return self.relu_ms * op.nonlinear() + self.mac_ms * op.macs()
-
-    def describe(self) -> str:
-        return f"{self.name} (ms: {self.relu_ms:.4g} per ReLU + {self.mac_ms:.4g} per MAC)"
 
 
 def fit_pi_coefficients(path) -> tuple[float, float, float]:

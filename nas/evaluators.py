@@ -9,15 +9,12 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from nas.arch import Arch
-from nas.data import ImageDataset
 from nas.errors import NASError
 from nas.registry import register_evaluator
 from nas.space import Space
-from nas.train import OPTIMIZERS, resolve_device, train
 
 
 @dataclass
@@ -29,14 +26,33 @@ class Score:
     model: nn.Module | None = None
 
 
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How a run trains a network from scratch (the ``train`` evaluator's settings):
+    searchers that train networks of their own (a teacher, a fine-tuned result) use the
+    same. ``device`` is resolved (``"cpu"``, ``"cuda"``), never ``"auto"``."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    device: str
+
+
 class Evaluator(abc.ABC):
     name: str = ""
     #: name of the quality metric (the ledger's first objective)
     metric: str = "accuracy"
     #: whether :meth:`bind` needs a data set
     needs_data: bool = False
+    #: how this evaluator trains a network (None: it trains none)
+    recipe: TrainingRecipe | None = None
+    #: the data set :meth:`bind` was given
+    data = None
 
-    def bind(self, space: Space, data: ImageDataset | None = None) -> None:
+    def bind(self, space: Space, data=None) -> None:
         """Check that this evaluator can score archs of ``space`` (NASError if not)."""
         self.space = space
         self.data = data
@@ -53,44 +69,6 @@ def arch_seed(seed: int, arch: Arch) -> int:
     (after a resume, or by another worker) gets exactly the same result."""
     digest = hashlib.sha256(f"{seed}:{arch.canonical_json()}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
-
-
-@register_evaluator("train")
-class TrainEvaluator(Evaluator):
-    """Short training from scratch on the run's data set; quality = validation accuracy."""
-
-    needs_data = True
-
-    def __init__(self, epochs: int = 2, batch_size: int = 128, optimizer: str = "sgd", lr: float = 0.05,
-                 momentum: float = 0.9, weight_decay: float = 5e-4, device: str = "auto", seed: int = 0):
-        if epochs < 1:
-            raise NASError(f"evaluator.epochs must be >= 1, got {epochs}")
-        if batch_size < 2:
-            raise NASError(f"evaluator.batch_size must be >= 2, got {batch_size}")
-        if lr <= 0:
-            raise NASError(f"evaluator.lr must be > 0, got {lr}")
-        if optimizer not in OPTIMIZERS:
-            raise NASError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(map(repr, OPTIMIZERS))}")
-        self.epochs, self.batch_size, self.optimizer = epochs, batch_size, optimizer
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.device = resolve_device(device)
-        self.seed = seed
-
-    def bind(self, space, data=None):
-        super().bind(space, data)
-        data.check_model_input(space.input_shape, space.num_classes)
-
-    def evaluate(self, space, arch, teacher: nn.Module | None = None, distill_weight: float = 0.0,
-                 temperature: float = 1.0):
-        """Train ``arch`` from scratch; with a ``teacher``, with knowledge distillation from
-        it (see :func:`nas.train.train`)."""
-        s = arch_seed(self.seed, arch)
-        torch.manual_seed(s)
-        model = space.build(arch)
-        metrics = train(model, self.data, space.input_shape, self.epochs, self.batch_size, self.optimizer,
-                        self.lr, self.momentum, self.weight_decay, s, self.device, teacher=teacher,
-                        distill_weight=distill_weight, temperature=temperature)
-        return Score(metrics["accuracy"], metrics, model.cpu())
 
 
 class BenchmarkTable:

@@ -8,6 +8,7 @@ network, and loads the weights.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,6 +28,13 @@ class SavedModel(NamedTuple):
     space: Space
 
 
+def save_atomic(obj, path: Path) -> None:
+    """``torch.save`` through a temporary file, so a kill never leaves a torn checkpoint."""
+    tmp = Path(path).with_suffix(Path(path).suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 class BestModelKeeper:
     """Keeps the best feasible trained model of a search as ``run_dir/model.pt`` (written
     atomically, replaced when a better one is evaluated): the ``on_evaluation`` hook of a
@@ -42,8 +50,6 @@ class BestModelKeeper:
             return
         if best_before is None or evaluation.quality > best_before.quality or (
                 evaluation.quality == best_before.quality and evaluation.cost < best_before.cost):
-            from nas.train import save_atomic
-
             save_atomic({"space": self.space.name, "space_config": self.space.config(), "arch": dict(evaluation.arch),
                          "arch_key": evaluation.arch.key(), "state_dict": model.state_dict()}, self.path)
 

@@ -85,10 +85,6 @@ class Registry:
         check_fields(factory, cfg, f"{self.kind} {name!r}")
         return factory(**cfg)
 
-    def default_config(self, name: str) -> dict:
-        """The config fields of a plug-in with their defaults (from its signature)."""
-        return config_fields(self.get(name))
-
 
 def _qualname(obj) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"

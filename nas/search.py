@@ -12,15 +12,15 @@ from typing import Callable
 import optuna
 from tqdm.auto import tqdm
 
-from nas import distributed
+from nas import world as processes
 from nas.arch import Arch
 from nas.costs import CostModel, format_cost
-from nas.distributed import World
 from nas.errors import NASError
-from nas.evaluators import Evaluator
+from nas.evaluators import Evaluator, TrainingRecipe
 from nas.ledger import Evaluation, Ledger, ProgressLog, beating
 from nas.registry import SEARCHERS
 from nas.space import Space
+from nas.world import World
 
 #: space -> cost model -> (cheapest cost, exact): min_cost is costly (seconds for hant), and
 #: the CLI checks the budget before it makes the run folder, then the search again
@@ -98,22 +98,27 @@ class SearchProblem:
     """
 
     def __init__(self, space: Space, cost_model: CostModel, evaluator: Evaluator, ledger: Ledger | None = None,
-                 budget: float | None = None, seed: int = 0, progress: bool = True,
-                 on_evaluation: Callable | None = None, work_dir=None, world: World | None = None):
+                 budget: float | None = None, seed: int = 0, *, show_progress: bool = True,
+                 on_evaluation: Callable | None = None, work_dir=None, world: World | None = None,
+                 data=None, recipe: TrainingRecipe | None = None):
+        from nas import checks
+
         self.space = space
         self.cost_model = cost_model
         self.evaluator = evaluator
         self.ledger = ledger if ledger is not None else Ledger(space, "search")
-        from nas import checks
-
         self.budget = checks.number("budget", budget, above=0, allow_none=True)
         self.seed = checks.number("seed", seed, integer=True, minimum=0, maximum=2**32 - 1)
-        self.show_progress = progress
+        #: the run's data set and how it trains a network (the evaluator's, unless given):
+        #: what searchers that train weights use, through :meth:`training`
+        self.data = data if data is not None else evaluator.data
+        self.recipe = recipe if recipe is not None else evaluator.recipe
+        self.show_progress = show_progress
         self.on_evaluation = on_evaluation
         #: where searchers keep checkpoints (the run directory from the CLI; None: no checkpoints)
         self.work_dir = work_dir
-        #: the processes training this search together (torchrun; see nas.distributed)
-        self.world = world if world is not None else distributed.world()
+        #: the processes training this search together (torchrun; see nas.training.distributed)
+        self.world = world if world is not None else processes.world()
         self.history: list[Evaluation] = []
         self._by_key: dict[str, Evaluation] = {}
         self.n_reused = 0
@@ -121,12 +126,38 @@ class SearchProblem:
         #: how often a worker waiting for candidates other workers hold looks at the ledger
         self.poll_seconds = 0.5
         #: the searcher's own progress, plotted by the Optuna dashboard (see ``log_progress``)
-        self.progress = ProgressLog(self.ledger)
+        self.progress_log = ProgressLog(self.ledger)
+
+    def training(self, who: str, why: str) -> tuple:
+        """``(data, recipe)`` for ``who`` (e.g. "searcher 'tunas'"), which trains weights
+        (``why``: "trains a supernet"); a NASError when the run has no data set to train on."""
+        if self.data is None or self.recipe is None:
+            raise NASError(f"{who} {why} and needs a data set; evaluator {self.evaluator.name!r} has none "
+                           "(use evaluator=train)")
+        return self.data, self.recipe
+
+    def checkpoint_path(self, folder: str, file: str = "state.pt"):
+        """Where a searcher keeps its checkpoint ``file`` (under ``work_dir/folder``), or None
+        when the search keeps no checkpoints."""
+        from pathlib import Path
+
+        return Path(self.work_dir) / folder / file if self.work_dir is not None else None
+
+    def with_budget(self, budget: float) -> "SearchProblem":
+        """This problem under ``budget`` (a searcher's own default, :meth:`Searcher.default_budget`);
+        only before anything was evaluated, since feasibility is judged when evaluating."""
+        if self.history:
+            raise RuntimeError("with_budget after evaluations: their feasibility was judged by the old budget")
+        import copy
+
+        problem = copy.copy(self)
+        problem.budget = float(budget)
+        return problem
 
     def log_progress(self, step: int, values: dict[str, float]) -> None:
         """Record named scalars of the searcher's state at ``step`` (e.g. controller
         probabilities, alphas, losses), beside the ledger as ``<run>:progress``."""
-        self.progress.log(step, values)
+        self.progress_log.log(step, values)
 
     # ---------------------------------------------------------------- budget
     def cost(self, arch: Arch) -> float:
@@ -262,6 +293,9 @@ class Searcher(abc.ABC):
 
     name: str = ""
     requires: tuple[str, ...] = ()
+    #: config groups the CLI selects with this searcher unless the command line names them
+    #: (e.g. ``{"evaluator": "nnmass"}``)
+    config_defaults: dict[str, str] = {}
     #: whether it runs under torchrun: its training is shared by the processes, and
     #: :meth:`search` returns None on all but rank 0
     distributed: bool = False
@@ -269,6 +303,11 @@ class Searcher(abc.ABC):
     def check(self, space: Space) -> None:
         for capability in self.requires:
             space.require(capability, f"searcher {self.name!r}")
+
+    def default_budget(self, space: Space, cost_model: CostModel) -> float | None:
+        """The budget this searcher works to when the run gives none (None: no budget);
+        HANT's is a share of its teacher's cost."""
+        return None
 
     @abc.abstractmethod
     def search(self, problem: SearchProblem) -> SearchResult:
@@ -287,6 +326,9 @@ def run_search(searcher: Searcher, problem: SearchProblem) -> SearchResult:
     """Check compatibility and the budget, run the searcher, close the ledger's loose ends."""
     searcher.check(problem.space)
     check_distributed(searcher, problem.world)
+    if problem.budget is None:
+        budget = searcher.default_budget(problem.space, problem.cost_model)
+        problem = problem.with_budget(budget) if budget is not None else problem
     problem.check_budget()
     try:
         result = searcher.search(problem)
@@ -295,7 +337,7 @@ def run_search(searcher: Searcher, problem: SearchProblem) -> SearchResult:
     if result is None and not problem.world.is_main:
         return None
     problem.ledger.close_stale()
-    problem.progress.finish()
+    problem.progress_log.finish()
     result.extras.setdefault("searcher", searcher.name)
     result.extras.setdefault("reused_from_ledger", problem.n_reused)
     return result

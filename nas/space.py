@@ -11,6 +11,7 @@ import numpy as np
 from torch import nn
 
 from nas.arch import Arch, Decision
+from nas.capabilities import CAPABILITIES, offers, signature_of
 from nas.errors import NASError, one_of
 from nas.ops import OpSpec
 
@@ -36,20 +37,6 @@ def number_list(values, where: str, field: str, kind=int, minimum: float = 1, di
 #: What a space implements to offer each optional capability (for the error a searcher
 #: gives when a space lacks one). Spaces declare ``supernet``, ``relaxed`` and ``layerwise``
 #: by adding them in :meth:`Space.capabilities`; the others are detected.
-CAPABILITY_METHODS = {
-    "presets": "_presets() returning {name: {decision: option}}",
-    "table": "benchmark_table(path=None) returning a nas.BenchmarkTable, and table_key(arch)",
-    "supernet": "supernet() returning a module with forward(x, arch), optimizer(lr, momentum, weight_decay) and "
-                "export(arch), and 'supernet' added in capabilities()",
-    "relaxed": "relaxed(base=None, seed=0, **options) returning a nas.relax.Relaxation, and 'relaxed' added in "
-               "capabilities()",
-    "layerwise": "layer_decisions(), reference_option, teacher_chain(), layer_ops(layer, option), fixed_ops() and "
-                 "parameter_free(layer, option) (see nas.layerwise), and 'layerwise' added in capabilities()",
-    "topology": "block_topologies(arch) returning a nas.nnmass.BlockTopology per block",
-    "relu_stages": "stage_relus(arch), treat_stages(arch, stages, treatment) and scale_channels(arch, factor)",
-}
-
-
 class Space(abc.ABC):
     """A search space: decisions, sampling, validation, model building and costing.
 
@@ -57,22 +44,20 @@ class Space(abc.ABC):
     configuration as keyword arguments with defaults (the CLI's ``space.*`` fields). A
     trainable space takes ``resolution``, ``num_classes`` and ``in_channels``.
 
-    Optional capabilities, which searchers ask for by name (see :meth:`require`):
-    ``presets`` (:meth:`_presets`), ``table`` (:meth:`benchmark_table`), ``supernet`` (a
-    ``supernet()`` method returning a module with ``forward(x, arch)``, ``optimizer(lr,
-    momentum, weight_decay)`` and ``export(arch)``, as in ``spaces/uib.py``), ``relaxed``
-    (a ``relaxed(base=None, seed=0, **options)`` method returning a
-    :class:`nas.relax.Relaxation` over the decisions ``base`` does not fix; options a space
-    has no use for are ignored: ``alpha_init``, ``cost_sigma`` for activation relaxations,
-    ``tau`` for mixed operations), ``layerwise`` (a teacher network whose layers each have
-    candidate replacements, as in ``spaces/hant.py``; the methods it needs are listed in
-    :mod:`nas.layerwise`), ``topology`` (a ``block_topologies(arch)`` method listing the
-    blocks' skip connections as :class:`nas.nnmass.BlockTopology`, for NN-Mass),
-    ``relu_stages`` (``stage_relus(arch)``, ``treat_stages(arch, stages, treatment)`` and
-    ``scale_channels(arch, factor)``, as in ``spaces/relu_reuse.py``, for DeepReDuce).
+    Optional capabilities, which searchers and evaluators ask for by name (see
+    :meth:`require`), are typed interfaces (:mod:`nas.capabilities`): a space offers one by
+    implementing its methods (``table``: ``benchmark_table`` and ``table_key``; ``supernet``;
+    ``relaxed``; ``layerwise``; ``topology``; ``relu_stages``). ``presets`` (:meth:`_presets`)
+    are listed among them when a space has any.
     """
 
     name: str = ""  # set by the registry
+    #: fields the CLI takes from the run's data set when they are left null (its config node
+    #: leaves them null); a space whose networks have a fixed input (a tabular benchmark,
+    #: a network priced at ImageNet size) lists none
+    data_fields: tuple[str, ...] = ("resolution", "num_classes", "in_channels")
+    #: config groups the CLI selects with this plug-in unless the command line names them
+    config_defaults: dict[str, str] = {}
 
     def __init__(self, resolution: int = 32, num_classes: int = 10, in_channels: int = 3):
         for field, value in (("resolution", resolution), ("num_classes", num_classes), ("in_channels", in_channels)):
@@ -211,35 +196,37 @@ class Space(abc.ABC):
         return self.validate(Arch(table[name]))
 
     # ------------------------------------------------------------------ capabilities
-    def benchmark_table(self, path: str | None = None):
-        """Tabular spaces return a :class:`nas.evaluators.BenchmarkTable` (their own, or one
-        read from ``path``) and map archs to its keys with :meth:`table_key`."""
-        return None
 
-    def table_key(self, arch: Arch) -> str:
-        """The key of ``arch`` in the benchmark table (tabular spaces only)."""
-        raise NASError(f"space {self.name!r} has no benchmark table")
+    def resolve_arch(self, value: str, field: str = "arch") -> Arch:
+        """An Arch from a preset name of this space or a JSON file (``arch.json`` of a run);
+        ``field`` names the setting it came from, for the error."""
+        from pathlib import Path
 
+        if value in self.presets():
+            return self.preset(value)
+        path = Path(str(value)).expanduser()
+        if not path.is_file():
+            if self.presets():
+                raise NASError(f"{field}={value!r} is neither a preset of space {self.name!r} "
+                               f"({one_of(self.presets())}) nor a path to an arch JSON file")
+            raise NASError(f"{field}={value!r} is not a path to an arch JSON file (space {self.name!r} has no presets)")
+        return self.validate(Arch.from_json(path.read_text()))
+
+    # ------------------------------------------------------------------ capabilities
     def capabilities(self) -> set[str]:
-        caps = set()
-        if self._presets():
-            caps.add("presets")
-        if type(self).benchmark_table is not Space.benchmark_table:
-            caps.add("table")
-        if callable(getattr(self, "block_topologies", None)):
-            caps.add("topology")
-        if all(callable(getattr(self, m, None)) for m in ("stage_relus", "treat_stages", "scale_channels")):
-            caps.add("relu_stages")
-        return caps
+        """The optional capabilities this space offers (:mod:`nas.capabilities`), and
+        ``presets`` when it has any."""
+        offered = {name for name in CAPABILITIES if offers(self, name)}
+        return offered | ({"presets"} if self._presets() else set())
 
     def require(self, capability: str, who: str) -> None:
-        """Raise a NASError naming the missing capability (called by searchers/evaluators)."""
+        """Raise a NASError naming the missing capability and the methods that would offer it
+        (called by searchers and evaluators)."""
         if capability not in self.capabilities():
-            how = CAPABILITY_METHODS.get(capability)
+            how = f"; to offer it, implement {signature_of(capability)}" if capability in CAPABILITIES else ""
             raise NASError(
                 f"{who} needs a space with {capability!r}, and space {self.name!r} does not offer it "
-                f"(it offers: {', '.join(sorted(self.capabilities())) or 'nothing optional'})"
-                + (f"; to offer it, implement {how}" if how else "")
+                f"(it offers: {', '.join(sorted(self.capabilities())) or 'nothing optional'}){how}"
             )
 
     def all_ops(self, samples: int = 2000, seed: int = 0) -> list[OpSpec]:

@@ -31,13 +31,20 @@ from pathlib import Path
 
 from nas import NASError, Searcher, register_searcher
 from nas.costs import format_cost
-from nas.evaluators import TrainEvaluator
-from nas.run import load_arch
+from nas.training.evaluator import TrainEvaluator
 
 
 @register_searcher("deepreduce")
 class DeepReDuce(Searcher):
+    """Fields: ``base`` (a preset of the space or an arch JSON file), ``criticality`` (stages,
+    most critical first: DeepReDuce's ResNet order), ``measure_criticality`` (measure the order,
+    each stage trained with only its ReLUs kept), ``reuse_factors`` (applied to the thinned
+    network), ``channel_scale``, ``distill`` (train the derived networks with distillation from
+    the base, at the paper's ``distill_weight`` and ``temperature``). Selects ``target=relu``
+    unless the command line names a target."""
+
     requires = ("relu_stages",)
+    config_defaults = {"target": "relu"}
 
     def __init__(self, base: str = "resnet18_m16", criticality=(3, 2, 4, 1), measure_criticality: bool = False,
                  reuse_factors=(4, 8, 16), channel_scale: float = 0.5, distill: bool = True,
@@ -64,7 +71,7 @@ class DeepReDuce(Searcher):
 
     def check(self, space) -> None:
         super().check(space)
-        load_arch(self.base, space, "searcher.base")  # a wrong base is said before the run starts
+        space.resolve_arch(self.base, "searcher.base")  # a wrong base is said before the run starts
 
     def check_order(self, order, stages: int) -> list[int]:
         if sorted(order) != list(range(1, stages + 1)):
@@ -78,7 +85,7 @@ class DeepReDuce(Searcher):
         the same weights the base's evaluation had), only when a network still needs them."""
         import torch
 
-        from nas.train import save_atomic
+        from nas.export import save_atomic
 
         path = Path(problem.work_dir) / "deepreduce" / "teacher.pt" if problem.work_dir is not None else None
         trained = {}
@@ -114,64 +121,73 @@ class DeepReDuce(Searcher):
         return sorted(stages, key=lambda k: (-accuracy[k], k)), accuracy
 
     def search(self, problem):
-        space, evaluator = problem.space, problem.evaluator
-        if self.distill and not isinstance(evaluator, TrainEvaluator):
-            raise NASError(f"searcher 'deepreduce' trains its networks with distillation from the base and needs "
-                           f"evaluator=train; evaluator {evaluator.name!r} cannot (or set searcher.distill=false)")
-        base = load_arch(self.base, space, "searcher.base")
-        n_stages = len(space.stage_relus(base))
-        if not self.measure_criticality:
-            self.check_order(self.criticality, n_stages)
-        for treatment in ("cull", "thin", *(f"thin_reuse{n}" for n in self.reuse_factors)):
-            if treatment not in space.treatments:
-                raise NASError(f"searcher 'deepreduce' needs ReLU treatment {treatment!r}, which space.treatments "
-                               f"({', '.join(space.treatments)}) leaves out")
-        measuring = self.measure_criticality
-        derived = 4 + len(self.reuse_factors)
-        problem.begin(1 + derived + (n_stages if measuring else 0), desc="deepreduce")
-
-        base_eval, teacher = self._teacher(problem, base)
+        space = problem.space
+        base = self.checked_base(problem)
+        n_stages, measuring = len(space.stage_relus(base)), self.measure_criticality
+        problem.begin(1 + 4 + len(self.reuse_factors) + (n_stages if measuring else 0), desc="deepreduce")
+        base_eval, teacher = self._teacher(problem, base)                       # the base, trained
         stage_accuracy = None
-        if measuring:
+        if measuring:                                                           # criticality
             order, stage_accuracy = self.stage_criticality(problem, base)
         else:
             order = list(self.criticality)
         relus = space.stage_relus(base)
-        least = order[-1]
-        culled = least if relus[least - 1] == max(relus) else None
-        net = space.treat_stages(base, [culled], "cull") if culled else base
-        remaining = [k for k in range(1, n_stages + 1) if k != culled]
-        thinned = space.treat_stages(net, remaining, "thin")
-        networks = [("Net" if culled else "Net (nothing culled)", net), ("Net^T", thinned),
-                    ("Net^C", space.scale_channels(thinned, self.channel_scale))]
-        networks += [(f"Net^R{n}", space.treat_stages(thinned, remaining, f"thin_reuse{n}"))
-                     for n in self.reuse_factors]
-
-        if self.distill:
-            def scorer(s, arch):
-                return evaluator.evaluate(s, arch, teacher=teacher(), distill_weight=self.distill_weight,
-                                          temperature=self.temperature)
-        else:
-            scorer = None
+        culled = order[-1] if relus[order[-1] - 1] == max(relus) else None     # conditional cull
+        networks = self.derived_networks(space, base, culled)                   # thin, scale, reuse
         rows = [{"name": "base", "arch": dict(base), "stage_relus": relus, "relus": sum(relus),
                  "quality": base_eval.quality, "cost": base_eval.cost}]
+        scorer = self.distilled_scorer(problem, teacher) if self.distill else None
         for name, arch in networks:
             evaluation = problem.evaluate(arch, scorer)
             stage = space.stage_relus(arch)
             rows.append({"name": name, "arch": dict(arch), "stage_relus": stage, "relus": sum(stage),
                          "quality": evaluation.quality, "cost": evaluation.cost})
+        lines = self.report_lines(problem, order, stage_accuracy, culled, rows)
+        return problem.result(criticality=order, stage_accuracy=stage_accuracy, culled_stage=culled,
+                              networks=rows, report=lines)
 
-        unit, metric = problem.cost_model.unit, evaluator.metric
+    def checked_base(self, problem):
+        """The base arch, once the evaluator, the criticality and the space's treatments fit."""
+        space, evaluator = problem.space, problem.evaluator
+        if self.distill and not isinstance(evaluator, TrainEvaluator):
+            raise NASError(f"searcher 'deepreduce' trains its networks with distillation from the base and needs "
+                           f"evaluator=train; evaluator {evaluator.name!r} cannot (or set searcher.distill=false)")
+        base = space.resolve_arch(self.base, "searcher.base")
+        if not self.measure_criticality:
+            self.check_order(self.criticality, len(space.stage_relus(base)))
+        for treatment in ("cull", "thin", *(f"thin_reuse{n}" for n in self.reuse_factors)):
+            if treatment not in space.treatments:
+                raise NASError(f"searcher 'deepreduce' needs ReLU treatment {treatment!r}, which space.treatments "
+                               f"({', '.join(space.treatments)}) leaves out")
+        return base
+
+    def derived_networks(self, space, base, culled) -> list[tuple[str, object]]:
+        """Algorithm 2's networks: the (culled) base, thinned, channel-scaled, ReLU-reused."""
+        net = space.treat_stages(base, [culled], "cull") if culled else base
+        remaining = [k for k in range(1, len(space.stage_relus(base)) + 1) if k != culled]
+        thinned = space.treat_stages(net, remaining, "thin")
+        networks = [("Net" if culled else "Net (nothing culled)", net), ("Net^T", thinned),
+                    ("Net^C", space.scale_channels(thinned, self.channel_scale))]
+        return networks + [(f"Net^R{n}", space.treat_stages(thinned, remaining, f"thin_reuse{n}"))
+                           for n in self.reuse_factors]
+
+    def distilled_scorer(self, problem, teacher):
+        def scorer(space, arch):
+            return problem.evaluator.evaluate(space, arch, teacher=teacher(), distill_weight=self.distill_weight,
+                                              temperature=self.temperature)
+        return scorer
+
+    def report_lines(self, problem, order, stage_accuracy, culled, rows) -> list[str]:
+        unit, metric = problem.cost_model.unit, problem.evaluator.metric
         how = f"with distillation (T={self.temperature:g}, weight {self.distill_weight:g})" if self.distill else \
-            f"by evaluator {evaluator.name!r}"
+            f"by evaluator {problem.evaluator.name!r}"
         lines = ["criticality (most critical first): " + " > ".join(f"S{k}" for k in order)
                  + (" (measured: " + ", ".join(f"S{k} alone {stage_accuracy[k]:.4f}" for k in order) + ")"
-                    if measuring else " (given)"),
+                    if stage_accuracy is not None else " (given)"),
                  f"culled: S{culled} (least critical, most ReLUs)" if culled else
-                 f"culled: none (the least critical stage S{least} does not hold the most ReLUs)",
+                 f"culled: none (the least critical stage S{order[-1]} does not hold the most ReLUs)",
                  f"networks trained {how}:"]
         for row in rows:
             lines.append(f"  {row['name']:<22} ReLUs {row['relus']:>9,} (stages {row['stage_relus']})  "
                          f"{metric} {row['quality']:.4f}  {problem.cost_model.name} {format_cost(row['cost'], unit)}")
-        return problem.result(criticality=order, stage_accuracy=stage_accuracy, culled_stage=culled,
-                              networks=rows, report=lines)
+        return lines

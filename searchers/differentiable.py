@@ -1,6 +1,6 @@
 """Differentiable search: weights and a relaxed architecture trained together.
 
-On a space with the ``relaxed`` capability (:mod:`nas.relax`), one network holds the
+On a space with the ``relaxed`` capability (:mod:`nas.training.relax`), one network holds the
 searched decisions as continuous parameters. Every step trains weights and architecture
 parameters jointly on one batch, on
 
@@ -20,29 +20,36 @@ of the architecture parameters, and the base arch's and the result's MACs and co
 ``micro_batches`` (default: one per process) cuts each step's batch into slices, each
 with its own forward pass (and, for mixed ops, its own Gumbel sample), weighted by its
 share of the batch. Under ``torchrun`` the processes share the micro-batches and add
-their gradients (:mod:`nas.distributed`), so the architecture parameters stay in sync
+their gradients (:mod:`nas.training.distributed`), so the architecture parameters stay in sync
 and a run equals a one-process run with the same ``micro_batches``.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from nas import NASError, Searcher, register_searcher
 from nas.costs import format_cost
-from nas.distributed import RunningStats, sum_gradients
 from nas.ledger import flat_progress
 from nas.lut import describe_latency, latency_report
-from nas.train import TrainingCheckpoint, load_batch, resolve_device, rng_states, sample_indices, set_rng_states
+from nas.training.harness import WeightTraining, cosine_lr, set_lr
+from nas.training.train import rng_states, set_rng_states
 
 
 @register_searcher("differentiable")
 class Differentiable(Searcher):
+    """Differentiable search (RAN-e's problem (3) on the AFRB SuperNet; GDAS-style mixed ops on
+    uib): loss = CE + ``penalty_weight`` * penalty + ``cost_weight`` * expected cost / base cost.
+    Weights: SGD at ``lr`` (cosine schedule); architecture parameters: Adam at ``arch_lr``.
+    AFRB: ``alpha_init`` (0: start as IBNs), ``cost_sigma`` (the width of the collapse
+    probability around alpha = 1), ``band`` (units whose alpha ends in it collapse); mixed
+    ops: ``tau`` (Gumbel-softmax temperature). ``base``: the arch held for the decisions not
+    searched (a preset or an arch JSON file; null: the space's default); ``evaluate_base``: also
+    train the base from scratch; ``snapshots``: trajectory points recorded."""
+
     requires = ("relaxed",)
     distributed = True
     signed_fields = ("alpha_init",)  # a PReLU slope starts anywhere
@@ -84,154 +91,149 @@ class Differentiable(Searcher):
     def base_arch(self, space):
         """The arch whose undecided parts are relaxed: ``base`` (a preset or an arch JSON
         file), else the space's default."""
-        from nas.run import load_arch
-
         try:
-            return load_arch(self.base, space) if self.base else space.default_arch()
+            return space.resolve_arch(self.base) if self.base else space.default_arch()
         except NASError as exc:
             raise NASError(f"searcher.base: {exc}") from None
 
     def search(self, problem):
         space = problem.space
-        data = getattr(problem.evaluator, "data", None)
-        if data is None:
-            raise NASError(f"searcher 'differentiable' trains weights and needs a data set; evaluator "
-                           f"{problem.evaluator.name!r} has none (use evaluator=train)")
-        device = getattr(problem.evaluator, "device", None) if self.device == "auto" else None
-        device = device or resolve_device(self.device)
-        world = problem.world
-        n_micro, mine = world.micro_batches(self.micro_batches, "searcher.micro_batches")
-        if self.batch_size < 2 * n_micro:
-            raise NASError(f"searcher.batch_size ({self.batch_size}) must give each of the {n_micro} micro-batches "
-                           "at least 2 examples")
         base = self.base_arch(space)
+        training = WeightTraining(problem, self, "trains weights", {"batch_size": (self.batch_size, 2)},
+                                  {"space": space.config(), "base": dict(base)})
         torch.manual_seed(problem.seed)
         relaxation = space.relaxed(base, seed=problem.seed, **self.relax_options)
         relaxation.bind_cost(problem.cost_model)
-        base_cost = problem.cost(base)
-        relaxation.to(device=device, memory_format=torch.channels_last)
-        weights = relaxation.weight_optimizer(self.lr, self.momentum, self.weight_decay)
-        arch_params = relaxation.arch_parameters()
-        arch_opt = torch.optim.Adam(arch_params.values(), lr=self.arch_lr)
-        gen = torch.Generator().manual_seed(problem.seed)
-        pool = torch.arange(len(data.train))
-        every = max(1, self.steps // self.snapshots)
-        trajectory = []
-        options = {d.name: d.options for d in space.decisions()}  # labels of a relaxation's probabilities
-        # Weights, architecture parameters, both optimizers, random states and position, so a
-        # killed (or SIGTERM-stopped) run resumes where it was and ends as an uninterrupted one.
-        identity = {"searcher": {**{k: v for k, v in vars(self).items()
-                                    if k not in ("measure_latency", "device", "checkpoint_every")},
-                                 "micro_batches": n_micro},
-                    "seed": problem.seed, "space": space.config(), "base": dict(base)}
-        checkpoint = TrainingCheckpoint(
-            Path(problem.work_dir) / "differentiable" / "state.pt" if problem.work_dir else None,
-            self.checkpoint_every, identity, world)
-        resumed = checkpoint.load()
-        first_step = 0
-        if resumed is not None:
-            relaxation.load_state_dict(resumed["relaxation"])
-            weights.load_state_dict(resumed["weights_optimizer"])
-            arch_opt.load_state_dict(resumed["arch_optimizer"])
-            set_rng_states(resumed["rng"], gen, None)
-            for g, g_state in zip(relaxation.generators(), resumed["relaxation_generators"]):
-                g.set_state(g_state)
-            first_step, trajectory = resumed["step"], list(resumed["trajectory"])
-
-        def state():
-            return {"step": step + 1, "relaxation": relaxation.state_dict(), "weights_optimizer": weights.state_dict(),
-                    "arch_optimizer": arch_opt.state_dict(), "rng": rng_states(gen, None),
-                    "relaxation_generators": [g.get_state() for g in relaxation.generators()],
-                    "trajectory": trajectory}
-
-        bar = tqdm(total=self.steps, initial=first_step, desc="differentiable", unit="step",
-                   disable=not problem.show_progress, dynamic_ncols=True)
-        try:
-            with checkpoint:
-                for step in range(first_step, self.steps):
-                    self._step(step, relaxation, weights, arch_opt, base_cost, space, data, pool, gen, device, every,
-                               options, trajectory, problem, bar, n_micro, mine)
-                    checkpoint.step_done(step, state)
-        finally:
-            bar.close()
-        if not world.is_main:
+        relaxation.to(device=training.device, memory_format=torch.channels_last)
+        joint = JointTraining(self, relaxation, training, problem.cost(base))
+        joint.run()
+        if not problem.world.is_main:
             return None  # the relaxation is trained; rank 0 evaluates and reports its result
         arch = relaxation.derive(band=self.band)
         if self.evaluate_base:
             problem.evaluate(base)
         evaluation = problem.evaluate(arch)
-
-        def describe(a):
-            ops = space.ops(a)
-            return {"arch": dict(a), "macs": sum(op.macs() for op in ops), "cost": problem.cost(a),
-                    **relaxation.summary(a)}
-
-        before, after = describe(base), describe(arch)
-        extras = {"relaxation": relaxation.state_kind, "final": relaxation.state(), "trajectory": trajectory,
+        before, after = self.describe(problem, relaxation, base), self.describe(problem, relaxation, arch)
+        extras = {"relaxation": relaxation.state_kind, "final": relaxation.state(), "trajectory": joint.trajectory,
                   "band": list(self.band), "before": before, "after": after}
         if self.measure_latency:
             extras.update(latency_report(problem, arch))
-        unit = problem.cost_model.unit
+        extras["report"] = self.report_lines(problem, before, after, extras, evaluation)
+        return problem.result(**extras)
+
+    @staticmethod
+    def describe(problem, relaxation, arch) -> dict:
+        ops = problem.space.ops(arch)
+        return {"arch": dict(arch), "macs": sum(op.macs() for op in ops), "cost": problem.cost(arch),
+                **relaxation.summary(arch)}
+
+    @staticmethod
+    def report_lines(problem, before: dict, after: dict, extras: dict, evaluation) -> list[str]:
+        """What the CLI prints: units collapsed, MACs and cost before and after, the result's quality."""
+        unit, name = problem.cost_model.unit, problem.cost_model.name
         lines = []
         if "collapsed" in after:
             lines.append(f"collapsed: {after['collapsed']} of {after['units']} units "
                          f"(base: {before['collapsed']})")
         lines.append(f"MACs: {before['macs'] / 1e6:.3f}M -> {after['macs'] / 1e6:.3f}M "
                      f"({after['macs'] / before['macs'] - 1:+.1%})")
-        lines.append(f"{problem.cost_model.name}: {format_cost(before['cost'], unit)} -> {format_cost(after['cost'], unit)} "
+        lines.append(f"{name}: {format_cost(before['cost'], unit)} -> {format_cost(after['cost'], unit)} "
                      f"({after['cost'] / before['cost'] - 1:+.1%})")
         if "measured_latency_ms" in extras:
             lines.append(describe_latency(extras))
         lines.append(f"{problem.evaluator.metric} of the result, trained from scratch: {evaluation.quality:.4f}")
-        extras["report"] = lines
-        return problem.result(**extras)
+        return lines
 
-    def _step(self, step, relaxation, weights, arch_opt, base_cost, space, data, pool, gen, device, every, options,
-              trajectory, problem, bar, n_micro: int, mine: range) -> None:
-        """One joint step of weights and architecture parameters over ``n_micro``
-        micro-batches, of which this process computes ``mine`` (and a snapshot every
-        ``every`` steps)."""
-        world = problem.world
-        for group in weights.param_groups:  # cosine schedule
-            group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * step / self.steps))
-        batch = torch.tensor_split(sample_indices(pool, self.batch_size, gen), n_micro)
+
+class JointTraining:
+    """Weights (the relaxation's optimizer, cosine schedule) and architecture parameters
+    (Adam) trained together on task loss + penalty + expected cost, step by step."""
+
+    def __init__(self, searcher: Differentiable, relaxation, training, base_cost: float):
+        self.searcher, self.relaxation, self.training, self.base_cost = searcher, relaxation, training, base_cost
+        self.problem = training.problem
+        self.weights = relaxation.weight_optimizer(searcher.lr, searcher.momentum, searcher.weight_decay)
+        self.arch_opt = torch.optim.Adam(relaxation.arch_parameters().values(), lr=searcher.arch_lr)
+        self.gen = torch.Generator().manual_seed(self.problem.seed)
+        self.pool = torch.arange(len(training.data.train))
+        self.every = max(1, searcher.steps // searcher.snapshots)
+        self.trajectory = []
+
+    def run(self) -> None:
+        first_step = self.load(self.training.checkpoint.load())
+        bar = self.training.progress_bar(self.searcher.steps, initial=first_step)
+        try:
+            with self.training.checkpoint:
+                for step in range(first_step, self.searcher.steps):
+                    task, expected = self.step(step)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{task:.3f}", cost=f"{expected:.4g}", refresh=False)
+                    self.training.checkpoint.step_done(step, lambda step=step: self.state(step))
+        finally:
+            bar.close()
+
+    def step(self, step: int) -> tuple[float, float]:
+        """One joint step over the micro-batches (and a snapshot every ``every`` steps);
+        returns the task loss and the expected cost."""
+        searcher, relaxation, training = self.searcher, self.relaxation, self.training
+        set_lr(self.weights, cosine_lr(searcher.lr, step, searcher.steps))
+        batch = training.batches(self.pool, searcher.batch_size, self.gen)
         noise = relaxation.generators()
         # each micro-batch's own random draws (Gumbel noise), the same in whichever process runs it
-        noise_seeds = [int(torch.randint(2 ** 62, (1,), generator=gen)) for _ in range(n_micro)] if noise else []
+        noise_seeds = [int(torch.randint(2 ** 62, (1,), generator=self.gen)) for _ in range(training.n_micro)] \
+            if noise else []
         relaxation.train()
-        weights.zero_grad(set_to_none=True)
-        arch_opt.zero_grad(set_to_none=True)
-        penalty = relaxation.penalty()
-        expected = relaxation.expected_cost()
-        extra = self.penalty_weight * penalty
-        if self.cost_weight:
-            extra = extra + self.cost_weight * expected / base_cost
-        if world.is_main and extra.requires_grad:  # terms of the architecture alone: counted once
+        self.weights.zero_grad(set_to_none=True)
+        self.arch_opt.zero_grad(set_to_none=True)
+        penalty, expected = relaxation.penalty(), relaxation.expected_cost()
+        extra = searcher.penalty_weight * penalty
+        if searcher.cost_weight:
+            extra = extra + searcher.cost_weight * expected / self.base_cost
+        if training.world.is_main and extra.requires_grad:  # terms of the architecture alone: counted once
             extra.backward()  # first: the sums of gradients then run in the same order in any world
-        task = 0.0
-        with RunningStats(relaxation, world, n_micro) as stats:
-            for p in mine:
-                for j, g in enumerate(noise):
-                    g.manual_seed(noise_seeds[p] + j)
-                x, y = load_batch(data, batch[p], space.input_shape, device)
-                share = F.cross_entropy(relaxation(x), y) * (len(batch[p]) / self.batch_size)
-                share.backward()
-                stats.pass_done()
-                task += share.item()
-        (task,) = sum_gradients(world, [weights, arch_opt], [task])
+
+        def task_loss(p, x, y):
+            for j, g in enumerate(noise):
+                g.manual_seed(noise_seeds[p] + j)
+            return F.cross_entropy(relaxation(x), y)
+
+        task = training.step(relaxation, [self.weights, self.arch_opt], batch, searcher.batch_size, task_loss)
         loss = task + float(extra.detach())
         if not math.isfinite(loss):
             raise NASError(f"differentiable search diverged at step {step} (loss {loss}); lower "
                            "searcher.lr or searcher.arch_lr")
-        weights.step()
-        arch_opt.step()
-        if step % every == 0 or step == self.steps - 1:
-            trajectory.append({"step": step, "loss": task, "penalty": penalty.item(),
-                               "expected_cost": float(expected.detach()), relaxation.state_kind: relaxation.state()})
-            snapshot = trajectory[-1]
-            problem.log_progress(step, {
-                **{k: snapshot[k] for k in ("loss", "penalty", "expected_cost")},
-                **flat_progress("P " if relaxation.state_kind == "probs" else "alpha ",
-                                snapshot[relaxation.state_kind], options)})
-        bar.update(1)
-        bar.set_postfix(loss=f"{task:.3f}", cost=f"{float(expected.detach()):.4g}", refresh=False)
+        self.weights.step()
+        self.arch_opt.step()
+        if step % self.every == 0 or step == searcher.steps - 1:
+            self.snapshot(step, task, penalty.item(), float(expected.detach()))
+        return task, float(expected.detach())
+
+    def snapshot(self, step: int, task: float, penalty: float, expected: float) -> None:
+        kind = self.relaxation.state_kind
+        self.trajectory.append({"step": step, "loss": task, "penalty": penalty, "expected_cost": expected,
+                                kind: self.relaxation.state()})
+        options = {d.name: d.options for d in self.problem.space.decisions()}  # labels of a relaxation's probabilities
+        self.problem.log_progress(step, {"loss": task, "penalty": penalty, "expected_cost": expected,
+                                         **flat_progress("P " if kind == "probs" else "alpha ",
+                                                         self.trajectory[-1][kind], options)})
+
+    def state(self, step: int) -> dict:
+        """Everything a resumed run needs to continue after ``step`` as an uninterrupted one."""
+        return {"step": step + 1, "relaxation": self.relaxation.state_dict(),
+                "weights_optimizer": self.weights.state_dict(), "arch_optimizer": self.arch_opt.state_dict(),
+                "rng": rng_states(self.gen, None),
+                "relaxation_generators": [g.get_state() for g in self.relaxation.generators()],
+                "trajectory": self.trajectory}
+
+    def load(self, resumed: dict | None) -> int:
+        """Continue from a checkpoint's :meth:`state` (None: start); the step to continue at."""
+        if resumed is None:
+            return 0
+        self.relaxation.load_state_dict(resumed["relaxation"])
+        self.weights.load_state_dict(resumed["weights_optimizer"])
+        self.arch_opt.load_state_dict(resumed["arch_optimizer"])
+        set_rng_states(resumed["rng"], self.gen, None)
+        for g, g_state in zip(self.relaxation.generators(), resumed["relaxation_generators"]):
+            g.set_state(g_state)
+        self.trajectory = list(resumed["trajectory"])
+        return resumed["step"]

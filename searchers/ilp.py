@@ -28,6 +28,7 @@ the one its stopping rule guarantees.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,9 +38,11 @@ import numpy as np
 import pulp
 import scipy.optimize
 import scipy.sparse
+import torch
 
 from nas import NASError, Score, Searcher, register_searcher
 from nas.costs import format_cost
+from nas.lut import describe_latency, latency_report
 
 SOLVERS = ("auto", "cbc", "highs")
 
@@ -257,14 +260,14 @@ def select_ops(scores, costs, budget: float, k: int = 1, overlap: int | None = N
 
 @register_searcher("ilp")
 class ILPSearch(Searcher):
-    """HANT on any ``layerwise`` space (:mod:`nas.layerwise`):
+    """HANT on any ``layerwise`` space (:mod:`nas.training.layerwise`):
 
     1. the teacher: weights from ``teacher_weights`` (a run's ``model.pt`` of the teacher
        arch), else trained here for ``teacher_epochs`` with the evaluator's settings;
     2. candidates: with ``prefilter`` only those no costlier than the teacher's layer (the
        paper's pool prefiltering); with ``zero_shot`` only the teacher's layers and
        parameter-free identities, and no pretraining; otherwise all candidates pretrained
-       by layer-wise distillation (:func:`nas.layerwise.distill`, checkpointed in the run
+       by layer-wise distillation (:func:`nas.training.layerwise.distill`, checkpointed in the run
        directory, resumed on a re-run);
     3. scores: the change of the teacher's loss on ``held_out`` training examples (kept
        out of every training) when one layer is swapped;
@@ -310,15 +313,76 @@ class ILPSearch(Searcher):
         self.distill_weight, self.temperature = distill_weight, temperature
         self.measure_latency, self.device, self.micro_batches = measure_latency, device, micro_batches
 
+    # ------------------------------------------------------------------ the algorithm
+    def default_budget(self, space, cost_model) -> float:
+        """``budget_ratio`` times the teacher's cost: the run's budget when it gives none (the
+        ledger judges feasibility by it, so the result and model.pt are the accelerated
+        network, not the teacher)."""
+        return self.budget_ratio * cost_model.cost(space.ops(self.teacher_arch(space)))
+
+    @staticmethod
+    def teacher_arch(space):
+        return space.validate({d.name: space.reference_option for d in space.decisions()})
+
+    def search(self, problem):
+        from nas.training.layerwise import LayerwiseNet
+
+        data, recipe = problem.training(f"searcher {self.name!r}", "trains the teacher and its candidates")
+        run = HANTRun(self, problem, data, recipe)
+        torch.manual_seed(problem.seed)
+        run.net = LayerwiseNet(problem.space)
+        run.hold_out()
+        teacher = self.train_teacher(run)                                    # 1. the teacher
+        options, costs, fixed = self.candidates(run)                         # 2. candidates and their costs
+        self.pretrain(run, options)
+        if not problem.world.is_main:
+            return None  # the candidates are trained; rank 0 scores, selects and fine-tunes
+        base_loss, scores = self.scores(run, options)                        # 3. scores
+        selections = self.select(run, scores, costs, fixed)                  # 4. K diverse selections
+        ranked = self.rank(run, options, selections, fixed)                  # 5. rank, fine-tune the best
+        found = self.fine_tune(run, ranked)
+        extras = {"teacher": teacher, "budget_used": problem.budget, "candidates_searched": sum(map(len, options)),
+                  "teacher_loss": base_loss, "selections": ranked["candidates"],
+                  "chosen_solution": ranked["best"] + 1}
+        extras["report"] = self.report_lines(run, extras, selections, found)
+        if self.measure_latency:
+            for who, arch in (("teacher", self.teacher_arch(problem.space)), ("found", ranked["arch"])):
+                report = latency_report(problem, arch)
+                if "measured_latency_ms" in report:
+                    extras[f"{who}_latency"] = report
+                    extras["report"].append(describe_latency(report, f"the {who}"))
+        return problem.result(**extras)
+
     # ------------------------------------------------------------------ steps
-    def _teacher(self, problem, net, data, device, work: Path | None) -> str:
-        import torch
+    def train_teacher(self, run) -> dict:
+        """The teacher's weights (given, kept from an earlier run, or trained here; under
+        torchrun rank 0's, handed to the others), recorded in the ledger with its accuracy."""
+        from nas.training.train import accuracy
 
-        from nas.train import save_atomic, train
+        problem, net, world = run.problem, run.net, run.problem.world
+        source = self.teacher_weights_from(run) if world.is_main else None
+        if world.size > 1:
+            source, state = world.broadcast((source, net.teacher.state_dict() if world.is_main else None))
+            net.teacher.load_state_dict(state)
+        net.to(device=run.device, memory_format=torch.channels_last)
+        arch = self.teacher_arch(problem.space)
+        teacher = {"accuracy": None, "cost": problem.cost(arch), "weights": source}
+        if world.is_main:
+            acc, _ = accuracy(net.teacher, run.data, run.data.val, problem.space.input_shape, 512, run.device)
+            model = copy.deepcopy(net.teacher).cpu()
+            problem.evaluate(arch, lambda s, a: Score(acc, {"accuracy": acc}, model))
+            teacher["accuracy"] = acc
+        return teacher
 
+    def teacher_weights_from(self, run) -> str:
+        """Load or train the teacher; says where its weights came from."""
+        from nas.export import save_atomic
+        from nas.training.train import train
+
+        problem, net = run.problem, run.net
         path = Path(self.teacher_weights).expanduser() if self.teacher_weights else None
-        if path is None and work is not None and (work / "teacher.pt").exists():
-            path = work / "teacher.pt"
+        if path is None and run.work is not None and (run.work / "teacher.pt").exists():
+            path = run.work / "teacher.pt"
         if path is not None:
             if not path.is_file():
                 raise NASError(f"searcher.teacher_weights {str(path)!r} does not exist")
@@ -330,15 +394,28 @@ class ILPSearch(Searcher):
                 raise NASError(f"searcher.teacher_weights {str(path)!r} does not fit the teacher of space "
                                f"{problem.space.name!r}: {str(exc).splitlines()[0]}") from None
             return str(path)
-        ev = problem.evaluator
-        train(net.teacher, data, problem.space.input_shape, self.teacher_epochs, ev.batch_size, ev.optimizer, ev.lr,
-              ev.momentum, ev.weight_decay, problem.seed, device)
-        if work is not None:
-            save_atomic({"state_dict": net.teacher.state_dict()}, work / "teacher.pt")
+        train(net.teacher, run.train_data, problem.space.input_shape, run.recipe_for(self.teacher_epochs),
+              problem.seed)
+        if run.work is not None:
+            save_atomic({"state_dict": net.teacher.state_dict()}, run.work / "teacher.pt")
         return f"trained here for {self.teacher_epochs} epochs"
 
+    def candidates(self, run) -> tuple[list[list], list[np.ndarray], float]:
+        """Per layer the candidates searched and their costs, and the cost of the fixed
+        layers; a budget that no selection can meet is refused here."""
+        problem, cost_model = run.problem, run.problem.cost_model
+        options, costs = self._options(problem.space, cost_model)
+        fixed = cost_model.cost(problem.space.fixed_ops())
+        cheapest = fixed + sum(float(c.min()) for c in costs)
+        budget = problem.budget
+        if budget < cheapest - 1e-12:
+            restricted = " with zero_shot (teacher and parameter-free identity ops only)" if self.zero_shot else ""
+            unit = cost_model.unit
+            raise NASError(f"budget {format_cost(budget, unit)} ({budget:g}) is infeasible{restricted}: the smallest "
+                           f"achievable cost is {format_cost(cheapest, unit)} ({cheapest:g})")
+        return options, costs, fixed
+
     def _options(self, space, cost_model) -> tuple[list[list], list[np.ndarray]]:
-        """Per layer the candidates searched and their costs."""
         options, costs = [], []
         for i, d in enumerate(space.layer_decisions()):
             teacher_cost = sum(cost_model.op_cost(op) for op in space.layer_ops(i, space.reference_option))
@@ -355,63 +432,17 @@ class ILPSearch(Searcher):
             costs.append(np.array(layer_costs))
         return options, costs
 
-    def search(self, problem):
-        import torch
+    def pretrain(self, run, options) -> None:
+        """Every candidate trained by layer-wise distillation from the teacher (Eq. 2;
+        not with ``zero_shot``), the per-layer mean MSE logged every 10 steps."""
+        from nas.training.layerwise import DistillSettings, distill
 
-        from nas.layerwise import LayerwiseNet, distill, hold_out, loss_changes
-        from nas.lut import describe_latency, latency_report
-        from nas.train import accuracy, resolve_device, train
+        problem = run.problem
+        if self.zero_shot:
+            run.net.add_candidates(options)
+            return
 
-        space, cost_model = problem.space, problem.cost_model
-        data = getattr(problem.evaluator, "data", None)
-        if data is None or not hasattr(problem.evaluator, "batch_size"):
-            raise NASError(f"searcher 'ilp' trains the teacher and its candidates and needs a data set; evaluator "
-                           f"{problem.evaluator.name!r} has none (use evaluator=train)")
-        device = getattr(problem.evaluator, "device", None) if self.device == "auto" else None
-        device = device or resolve_device(self.device)
-        world = problem.world
-        work = Path(problem.work_dir) / "hant" if problem.work_dir is not None else None
-        if work is not None and world.is_main:
-            work.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(problem.seed)
-        net = LayerwiseNet(space)
-        train_data, held = hold_out(data, self.held_out, problem.seed)
-        shape = space.input_shape
-        xh, yh = train_data.batch(held, slice(None), shape)
-        xh = xh.to(device, memory_format=torch.channels_last)
-        yh = yh.to(device)
-
-        # 1. teacher (under torchrun: rank 0's, handed to the others)
-        teacher_source = self._teacher(problem, net, train_data, device, work) if world.is_main else None
-        if world.size > 1:
-            teacher_source, teacher_state = world.broadcast(
-                (teacher_source, net.teacher.state_dict() if world.is_main else None))
-            net.teacher.load_state_dict(teacher_state)
-        net.to(device=device, memory_format=torch.channels_last)
-        teacher_arch = space.validate({d.name: space.reference_option for d in space.decisions()})
-        teacher_cost = problem.cost(teacher_arch)
-        if problem.budget is None:
-            # The budget this search works to; the ledger judges feasibility by it, so the
-            # result (and model.pt) is the accelerated network, not the teacher.
-            problem.budget = self.budget_ratio * teacher_cost
-        budget = problem.budget
-        if world.is_main:
-            teacher_acc, _ = accuracy(net.teacher, data, data.val, shape, 512, device)
-            teacher_model = copy.deepcopy(net.teacher).cpu()
-            problem.evaluate(teacher_arch, lambda s, a: Score(teacher_acc, {"accuracy": teacher_acc}, teacher_model))
-
-        # 2. candidates and their costs
-        options, costs = self._options(space, cost_model)
-        fixed = cost_model.cost(space.fixed_ops())
-        cheapest = fixed + sum(float(c.min()) for c in costs)
-        if budget < cheapest - 1e-12:
-            restricted = " with zero_shot (teacher and parameter-free identity ops only)" if self.zero_shot else ""
-            unit = cost_model.unit
-            raise NASError(f"budget {format_cost(budget, unit)} ({budget:g}) is infeasible{restricted}: the smallest "
-                           f"achievable cost is {format_cost(cheapest, unit)} ({cheapest:g})")
-        n_candidates = sum(len(o) for o in options)
-
-        def log_pretraining(step, mse):  # per layer, the mean MSE of its candidates (dashboard)
+        def log_pretraining(step, mse):
             if step % 10 == 0:
                 per_layer = {}
                 for key, value in mse.items():
@@ -419,69 +450,105 @@ class ILPSearch(Searcher):
                 problem.log_progress(step, {f"pretraining: mean MSE layer {layer}": float(np.mean(values))
                                             for layer, values in per_layer.items()})
 
-        if not self.zero_shot:
-            distill(net, options, train_data, shape, self.pretrain_epochs, self.batch_size, self.pretrain_lr,
-                    problem.seed, device, self.pretrain_batches, work / "candidates.pt" if work else None,
-                    self.checkpoint_every, problem.show_progress, log_pretraining, world, self.micro_batches)
-        else:
-            net.add_candidates(options)
-        if not world.is_main:
-            return None  # the candidates are trained; rank 0 scores, selects and fine-tunes
+        settings = DistillSettings(
+            self.pretrain_epochs, self.batch_size, self.pretrain_lr, problem.seed, problem.space.input_shape,
+            run.device, self.pretrain_batches, run.work / "candidates.pt" if run.work else None, self.checkpoint_every,
+            self.micro_batches, problem.show_progress)
+        distill(run.net, options, run.train_data, settings, problem.world, log_pretraining)
 
-        # 3. scores
-        base_loss, scores = loss_changes(net, options, xh, yh)
+    @staticmethod
+    def scores(run, options) -> tuple[float, list[np.ndarray]]:
+        """The teacher's loss on the held-out examples and its change per swapped candidate."""
+        from nas.training.layerwise import loss_changes
 
-        # 4. K diverse selections
-        selections = select_ops(scores, costs, budget - fixed, self.k, self.overlap, self.solver, self.gap)
+        shape = run.problem.space.input_shape
+        xh, yh = run.train_data.batch(run.held, slice(None), shape)
+        return loss_changes(run.net, options, xh.to(run.device, memory_format=torch.channels_last), yh.to(run.device))
+
+    def select(self, run, scores, costs, fixed) -> list[Selection]:
+        selections = select_ops(scores, costs, run.problem.budget - fixed, self.k, self.overlap, self.solver, self.gap)
         if not selections:
             raise NASError("the ILP found no selection within the budget")
+        return selections
+
+    def rank(self, run, options, selections, fixed) -> dict:
+        """Each selection with its pretrained ops, by its loss on the held-out examples (logged)."""
+        from nas.training.train import accuracy
+
+        problem, space = run.problem, run.problem.space
         decisions = space.layer_decisions()
 
         def to_arch(sel):
             values = {d.name: options[i][j] for i, (d, j) in enumerate(zip(decisions, sel.choice))}
             return space.validate(space.default_arch().replace(**values))
 
-        # 5. rank with pretrained ops, fine-tune the best with distillation
         candidates = []
         for rank, sel in enumerate(selections):
-            arch = to_arch(sel)
-            acc, loss = accuracy(net, train_data, held, shape, 256, device, arch=arch)
-            candidates.append({"solution": rank + 1, "arch": dict(arch), "objective": sel.objective,
+            acc, loss = accuracy(run.net, run.train_data, run.held, space.input_shape, 256, run.device,
+                                 arch=to_arch(sel))
+            candidates.append({"solution": rank + 1, "arch": dict(to_arch(sel)), "objective": sel.objective,
                                "proven_gap": sel.gap, "cost": fixed + sel.cost, "held_out_loss": loss,
                                "held_out_accuracy": acc})
             problem.log_progress(rank + 1, {"selection: objective": sel.objective, "selection: proven gap": sel.gap,
                                             "selection: cost": fixed + sel.cost, "selection: held-out loss": loss})
-        best_i = min(range(len(candidates)), key=lambda i: (candidates[i]["held_out_loss"], i))
-        best_arch = to_arch(selections[best_i])
+        best = min(range(len(candidates)), key=lambda i: (candidates[i]["held_out_loss"], i))
+        return {"candidates": candidates, "best": best, "arch": to_arch(selections[best])}
 
-        def fine_tune(s, arch):
-            model = net.extract(arch)
-            metrics = train(model, train_data, shape, self.finetune_epochs, problem.evaluator.batch_size,
-                            problem.evaluator.optimizer, problem.evaluator.lr, problem.evaluator.momentum,
-                            problem.evaluator.weight_decay, problem.seed, device, teacher=net.teacher,
-                            distill_weight=self.distill_weight, temperature=self.temperature)
-            metrics["held_out_accuracy_before_finetuning"] = candidates[best_i]["held_out_accuracy"]
+    def fine_tune(self, run, ranked):
+        """The best selection fine-tuned with distillation from the teacher, into the ledger."""
+        from nas.training.train import train
+
+        problem = run.problem
+        before = ranked["candidates"][ranked["best"]]["held_out_accuracy"]
+
+        def fine_tuned(s, arch):
+            model = run.net.extract(arch)
+            metrics = train(model, run.train_data, problem.space.input_shape, run.recipe_for(self.finetune_epochs),
+                            problem.seed, teacher=run.net.teacher, distill_weight=self.distill_weight,
+                            temperature=self.temperature)
+            metrics["held_out_accuracy_before_finetuning"] = before
             return Score(metrics["accuracy"], metrics, model.cpu())
 
-        found = problem.evaluate(best_arch, fine_tune)
-        extras = {"teacher": {"accuracy": teacher_acc, "cost": teacher_cost, "weights": teacher_source},
-                  "budget_used": budget, "candidates_searched": n_candidates, "teacher_loss": base_loss,
-                  "selections": candidates, "chosen_solution": best_i + 1}
-        lines = [f"teacher ({teacher_source}): {problem.evaluator.metric} {teacher_acc:.4f}, "
-                 f"{cost_model.name} {format_cost(teacher_cost, cost_model.unit)}",
-                 f"candidates: {n_candidates} of {sum(len(d.options) for d in decisions)}"
-                 + (" (zero-shot: teacher and identity)" if self.zero_shot else
-                    " (prefiltered: no costlier than the teacher's layer)" if self.prefilter else ""),
-                 f"ILP: {len(selections)} selections under {format_cost(budget, cost_model.unit)}, largest proven gap "
-                 f"{max(s.gap for s in selections):.3%}, {sum(s.seconds for s in selections):.2f} s; "
-                 f"solution {best_i + 1} has the lowest held-out loss ({candidates[best_i]['held_out_loss']:.4f})",
-                 f"found: {problem.evaluator.metric} {found.quality:.4f} after fine-tuning with distillation, "
-                 f"{cost_model.name} {format_cost(found.cost, cost_model.unit)} ({found.cost / teacher_cost:.0%} of the teacher)"]
-        if self.measure_latency:
-            for who, arch in (("teacher", teacher_arch), ("found", best_arch)):
-                report = latency_report(problem, arch)
-                if "measured_latency_ms" in report:
-                    extras[f"{who}_latency"] = report
-                    lines.append(describe_latency(report, f"the {who}"))
-        extras["report"] = lines
-        return problem.result(**extras)
+        return problem.evaluate(ranked["arch"], fine_tuned)
+
+    def report_lines(self, run, extras, selections, found) -> list[str]:
+        problem, cost_model = run.problem, run.problem.cost_model
+        teacher, metric, unit = extras["teacher"], problem.evaluator.metric, cost_model.unit
+        best = extras["selections"][extras["chosen_solution"] - 1]
+        n_options = sum(len(d.options) for d in problem.space.layer_decisions())
+        return [f"teacher ({teacher['weights']}): {metric} {teacher['accuracy']:.4f}, "
+                f"{cost_model.name} {format_cost(teacher['cost'], unit)}",
+                f"candidates: {extras['candidates_searched']} of {n_options}"
+                + (" (zero-shot: teacher and identity)" if self.zero_shot else
+                   " (prefiltered: no costlier than the teacher's layer)" if self.prefilter else ""),
+                f"ILP: {len(selections)} selections under {format_cost(problem.budget, unit)}, largest proven gap "
+                f"{max(s.gap for s in selections):.3%}, {sum(s.seconds for s in selections):.2f} s; "
+                f"solution {extras['chosen_solution']} has the lowest held-out loss ({best['held_out_loss']:.4f})",
+                f"found: {metric} {found.quality:.4f} after fine-tuning with distillation, "
+                f"{cost_model.name} {format_cost(found.cost, unit)} ({found.cost / teacher['cost']:.0%} of the teacher)"]
+
+
+class HANTRun:
+    """What the steps of one HANT search share: the problem, the data (with the held-out
+    examples taken out of training), the device, the network and the checkpoint folder."""
+
+    def __init__(self, searcher: ILPSearch, problem, data, recipe):
+        from nas.training.harness import search_device
+
+        self.problem, self.data, self.searcher = problem, data, searcher
+        self.device = search_device(searcher.device, recipe)
+        self.recipe = dataclasses.replace(recipe, device=self.device)
+        self.work = problem.checkpoint_path("hant", "")
+        if self.work is not None and problem.world.is_main:
+            self.work.mkdir(parents=True, exist_ok=True)
+        self.net = None
+        self.train_data, self.held = data, None
+
+    def hold_out(self) -> None:
+        from nas.training.layerwise import hold_out
+
+        self.train_data, self.held = hold_out(self.data, self.searcher.held_out, self.problem.seed)
+
+    def recipe_for(self, epochs: int):
+        """The run's training recipe for ``epochs`` epochs on this search's device."""
+        return dataclasses.replace(self.recipe, epochs=epochs)

@@ -56,7 +56,14 @@ def describe_budget(budget: dict, unit: str) -> str:
 
 @register_searcher("nnmass")
 class NNMassSearch(Searcher):
+    """Fields: ``budgets`` (RAN-i's three, Sec. 3.4; each names macs, params and/or cost in the
+    target's unit), ``tolerance`` (a candidate matches a budget when every named metric is
+    within this fraction of it), ``n_candidates`` (all archs of a space with at most this many,
+    else this many seeded samples; RAN-i: 800), ``top`` (candidates per budget that go through
+    the evaluator). Selects ``evaluator=nnmass`` (no training) unless the command line names one."""
+
     requires = ("topology",)
+    config_defaults = {"evaluator": "nnmass"}
 
     def __init__(self, budgets: list = ({"macs": 3.3e9, "params": 21e6}, {"macs": 4.5e9, "params": 28e6},
                                         {"macs": 8.5e9, "params": 50e6}),

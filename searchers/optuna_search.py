@@ -35,6 +35,10 @@ SAMPLERS = ("tpe", "nsga2", "random")
 
 @register_searcher("optuna")
 class OptunaSearch(Searcher):
+    """An Optuna sampler over the space's decisions: ``tpe`` (best quality under the budget),
+    ``nsga2`` (the quality/cost Pareto front; ``population_size`` well below ``n_evals``) or
+    ``random``; ``max_proposals_per_eval`` bounds the proposals priced per evaluation."""
+
     def __init__(self, n_evals: int = 20, sampler: str = "tpe", n_startup_trials: int = 10,
                  population_size: int = 20, max_proposals_per_eval: int = 50):
         if sampler not in SAMPLERS:
@@ -77,6 +81,22 @@ class OptunaSearch(Searcher):
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=self.population_size)
         return optuna.samplers.RandomSampler(seed=seed)
 
+    def _warn_of_a_large_population(self) -> None:
+        if self.sampler == "nsga2" and self.population_size > self.n_evals:
+            print(f"warning: searcher.population_size={self.population_size} is larger than searcher.n_evals="
+                  f"{self.n_evals}: NSGA-II never gets past its first, random generation; lower the population "
+                  "or raise n_evals", file=sys.stderr)
+
+    def _learn_from_others(self, problem, told: set, tell) -> bool:
+        """Tell the sampler the shared ledger's results it has not seen; whether the search is
+        done (others' evaluations under way count: they will be in the ledger)."""
+        problem.ledger.refresh()
+        for evaluation in problem.ledger.evaluations():
+            if evaluation.arch.key() not in told:
+                told.add(evaluation.arch.key())
+                tell(None, evaluation.quality, evaluation.cost, dict(evaluation.arch))
+        return len(problem.ledger.evaluations()) + len(problem.ledger.others_evaluating()) >= self.n_evals
+
     def search(self, problem):
         space = problem.space
         constrained = problem.budget is not None
@@ -87,10 +107,7 @@ class OptunaSearch(Searcher):
         streams: dict[int, np.random.SeedSequence] = {}  # worker index -> its proposals' seeds
         told: set[str] = set()  # archs whose results the sampler has
         together = False  # whether other workers took part
-        if self.sampler == "nsga2" and self.population_size > self.n_evals:
-            print(f"warning: searcher.population_size={self.population_size} is larger than searcher.n_evals="
-                  f"{self.n_evals}: NSGA-II never gets past its first, random generation; lower the population "
-                  "or raise n_evals", file=sys.stderr)
+        self._warn_of_a_large_population()
         problem.begin(self.n_evals, desc=f"optuna {self.sampler}")
         proposals, over_budget = 0, 0
         limit = self.n_evals * self.max_proposals_per_eval
@@ -109,13 +126,7 @@ class OptunaSearch(Searcher):
             workers = problem.ledger.live_workers() if problem.shared else []
             if len(workers) > 1:
                 together = True
-                problem.ledger.refresh()
-                for evaluation in problem.ledger.evaluations():
-                    if evaluation.arch.key() not in told:
-                        told.add(evaluation.arch.key())
-                        tell(None, evaluation.quality, evaluation.cost, dict(evaluation.arch))
-                # others' evaluations under way count: they will be in the ledger
-                if len(problem.ledger.evaluations()) + len(problem.ledger.others_evaluating()) >= self.n_evals:
+                if self._learn_from_others(problem, told, tell):
                     break
             elif problem.n_evaluated >= self.n_evals:
                 break

@@ -10,7 +10,10 @@ from nas import NASError, Searcher, register_searcher
 
 @register_searcher("random")
 class RandomSearch(Searcher):
-    def __init__(self, n_evals: int = 20, max_samples_per_eval: int = 1000):
+    """Uniform samples of the space, each priced first: repeats and archs over the budget are
+    skipped, and the search gives up after ``n_evals * max_samples_per_eval`` samples."""
+
+    def __init__(self, n_evals: int = 10, max_samples_per_eval: int = 1000):
         if n_evals < 1:
             raise NASError(f"searcher.n_evals must be >= 1, got {n_evals}")
         if max_samples_per_eval < 1:

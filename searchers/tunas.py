@@ -5,7 +5,7 @@ per searched decision (logits start at zero). Every step trains the shared weigh
 sampled path (on a batch of the weights' share of the training data), then samples
 another path, scores it on a batch of the controller's share, and updates the logits by
 REINFORCE against an exponential moving average baseline. The reward is the absolute
-one, ``quality + beta * |cost / target - 1|``. For the first ``warmup`` share of a stage's
+one, ``quality + beta * |cost / aim - 1|``. For the first ``warmup`` share of a stage's
 steps the controller's learning rate is zero, and each decision takes its largest option
 (every kernel, width and depth enabled) with a probability that decays from 1 to 0.
 
@@ -20,25 +20,24 @@ priced by its cost model; with a measured LUT, its latency is also measured end 
 batch is cut into that many slices, each trained (and, for the controller, rewarded) on
 its own sampled path; weight gradients are averaged, the controller's REINFORCE gradient
 averages the paths' advantages, and the baseline follows their mean reward. Under
-``torchrun`` the processes share the micro-batches (:mod:`nas.distributed`), and a run
+``torchrun`` the processes share the micro-batches (:mod:`nas.training.distributed`), and a run
 equals a one-process run with the same ``micro_batches``.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from nas import Arch, NASError, Searcher, register_searcher
-from nas.distributed import RunningStats, sum_gradients
 from nas.ledger import flat_progress
 from nas.lut import latency_report
-from nas.train import TrainingCheckpoint, load_batch, rng_states, sample_indices, set_rng_states
+from nas.training.harness import WeightTraining, cosine_lr, set_lr
+from nas.training.train import rng_states, set_rng_states
 
 
 class Controller:
@@ -77,6 +76,15 @@ class Controller:
 
 @register_searcher("tunas")
 class TuNAS(Searcher):
+    """TuNAS-style search in MobileNetV4's two stages (``stages=1``: the one-stage baseline).
+    Reward: quality + ``beta`` * |cost / aim - 1|; the aim: ``aim_cost``, else the
+    run's budget, else the median cost of 200 random archs. ``steps`` per stage (each a
+    shared-weight and a controller update); ``warmup``: the share of a stage's steps with the
+    controller still and all ops warming up; ``controller_share``: the share of the training
+    data kept for the controller's rewards; ``checkpoint_every``: steps between checkpoints
+    (``run_dir/tunas/state.pt``, also on SIGTERM); ``micro_batches``: slices of each batch, each
+    on its own sampled path (TuNAS cores; null: one per torchrun process)."""
+
     requires = ("supernet",)
     distributed = True
     signed_fields = ("beta",)  # the cost penalty's weight is negative
@@ -84,7 +92,7 @@ class TuNAS(Searcher):
     def __init__(self, stages: int = 2, steps: int = 250, batch_size: int = 64, reward_batch_size: int = 256,
                  warmup: float = 0.25, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 4e-5,
                  controller_lr: float = 0.1, baseline_momentum: float = 0.95, beta: float = -0.1,
-                 target_cost: float | None = None, controller_share: float = 0.2, measure_latency: bool = True,
+                 aim_cost: float | None = None, controller_share: float = 0.2, measure_latency: bool = True,
                  device: str = "auto", checkpoint_every: int = 50, micro_batches: int | None = None):
         if stages not in (1, 2):
             raise NASError(f"searcher.stages must be 1 (one-stage baseline) or 2 (MobileNetV4's), got {stages}")
@@ -97,37 +105,29 @@ class TuNAS(Searcher):
         if lr <= 0 or controller_lr <= 0:
             raise NASError(f"searcher.lr and searcher.controller_lr must be > 0, got {lr}, {controller_lr}")
         if beta > 0:
-            raise NASError(f"searcher.beta must be <= 0 (a penalty for missing the target), got {beta}")
-        if target_cost is not None and not target_cost > 0:
-            raise NASError(f"searcher.target_cost must be > 0, got {target_cost}")
+            raise NASError(f"searcher.beta must be <= 0 (a penalty for missing the aim), got {beta}")
+        if aim_cost is not None and not aim_cost > 0:
+            raise NASError(f"searcher.aim_cost must be > 0, got {aim_cost}")
         self.stages, self.steps, self.batch_size, self.reward_batch_size = stages, steps, batch_size, reward_batch_size
         self.warmup, self.lr, self.momentum, self.weight_decay = warmup, lr, momentum, weight_decay
         self.controller_lr, self.baseline_momentum, self.beta = controller_lr, baseline_momentum, beta
-        self.target_cost, self.controller_share = target_cost, controller_share
+        self.aim_cost, self.controller_share = aim_cost, controller_share
         self.measure_latency, self.device = measure_latency, device
         if checkpoint_every < 1:
             raise NASError(f"searcher.checkpoint_every must be >= 1, got {checkpoint_every}")
         self.checkpoint_every, self.micro_batches = checkpoint_every, micro_batches
 
     # ------------------------------------------------------------------ setup
-    def resolve_target(self, problem) -> tuple[float, str]:
-        """The cost the search aims at: ``target_cost``, else the run's budget, else the
+    def resolve_aim(self, problem) -> tuple[float, str]:
+        """The cost the search aims at: ``aim_cost``, else the run's budget, else the
         median cost of 200 random archs of the space."""
-        if self.target_cost is not None:
-            return float(self.target_cost), "searcher.target_cost"
+        if self.aim_cost is not None:
+            return float(self.aim_cost), "searcher.aim_cost"
         if problem.budget is not None:
             return float(problem.budget), "budget"
         rng = np.random.default_rng(problem.seed)
         costs = [problem.cost(problem.space.sample(rng)) for _ in range(200)]
         return float(np.median(costs)), "median of 200 random archs"
-
-    @staticmethod
-    def _data(problem):
-        data = getattr(problem.evaluator, "data", None)
-        if data is None:
-            raise NASError(f"searcher 'tunas' trains a supernet and needs a data set; evaluator "
-                           f"{problem.evaluator.name!r} has none (use evaluator=train)")
-        return data
 
     def plan(self, space) -> list[tuple[str, str | None]]:
         """(stage name, tag of the decisions it searches; None: all)."""
@@ -141,160 +141,177 @@ class TuNAS(Searcher):
 
     # ------------------------------------------------------------------ search
     def search(self, problem):
-        from nas.train import resolve_device
-
-        space, data = problem.space, self._data(problem)
-        # "auto": where the evaluator trains (it resolved "auto" already)
-        device = getattr(problem.evaluator, "device", None) if self.device == "auto" else None
-        device = device or resolve_device(self.device)
-        target, target_from = self.resolve_target(problem)
-        world = problem.world
-        n_micro, mine = world.micro_batches(self.micro_batches, "searcher.micro_batches")
-        if self.batch_size < 2 * n_micro or self.reward_batch_size < n_micro:
-            raise NASError(f"searcher.batch_size ({self.batch_size}) must give each of the {n_micro} micro-batches "
-                           f"at least 2 examples and reward_batch_size ({self.reward_batch_size}) at least 1")
+        space = problem.space
+        aim, aim_from = self.resolve_aim(problem)
+        training = WeightTraining(problem, self, "trains a supernet",
+                                  {"batch_size": (self.batch_size, 2), "reward_batch_size": (self.reward_batch_size, 1)},
+                                  {"space": space.config(), "aim": aim})
         torch.manual_seed(problem.seed)
-        supernet = space.supernet().to(device=device, memory_format=torch.channels_last)
+        supernet = space.supernet().to(device=training.device, memory_format=torch.channels_last)
         gen = torch.Generator().manual_seed(problem.seed)
         rng = np.random.default_rng(problem.seed)
-        n = len(data.train)
-        perm = torch.randperm(n, generator=gen)
-        n_ctrl = max(1, int(n * self.controller_share))
-        ctrl_idx, weight_idx = perm[:n_ctrl], perm[n_ctrl:]
-        held = space.default_arch()
-        stage_reports = []
-        total_steps = self.steps * self.stages
-        # Shared weights, optimizer, controller, baseline, random states and position, so a
-        # killed (or SIGTERM-stopped) run resumes where it was and ends as an uninterrupted one.
-        identity = {"searcher": {**{k: v for k, v in vars(self).items()
-                                    if k not in ("measure_latency", "device", "checkpoint_every")},
-                                 "micro_batches": n_micro},
-                    "seed": problem.seed, "space": space.config(), "target": target}
-        checkpoint = TrainingCheckpoint(Path(problem.work_dir) / "tunas" / "state.pt" if problem.work_dir else None,
-                                        self.checkpoint_every, identity, world)
-        resumed = checkpoint.load()
-        first_stage = 0
-        if resumed is not None:
-            first_stage, held, stage_reports = resumed["stage"], Arch(resumed["held"]), resumed["stage_reports"]
-            supernet.load_state_dict(resumed["supernet"])
-        bar = tqdm(total=total_steps, desc="tunas", unit="step", disable=not problem.show_progress,
-                   dynamic_ncols=True)
-        paths = (n_micro, mine)
-        try:
-            with checkpoint:
-                for i, (stage_name, tag) in enumerate(self.plan(space)):
-                    if i < first_stage:
-                        bar.update(self.steps)
-                        continue
-                    searched = space.decisions(tag)
-                    report = self._run_stage(stage_name, searched, held, supernet, problem, data, weight_idx,
-                                             ctrl_idx, target, gen, rng, device, bar, checkpoint, paths,
-                                             {"stage": i, "held": dict(held), "stage_reports": stage_reports},
-                                             resumed if i == first_stage else None)
-                    held = report.pop("arch")
-                    stage_reports.append(report)
-        finally:
-            bar.close()
-        if not world.is_main:
+        # TuNAS's split: the shared weights and the controller learn on different examples
+        perm = torch.randperm(len(training.data.train), generator=gen)
+        n_ctrl = max(1, int(len(training.data.train) * self.controller_share))
+        pools = {"weights": perm[n_ctrl:], "controller": perm[:n_ctrl]}
+        held, stage_reports = self._train_stages(SupernetRun(training, supernet, pools, aim, gen, rng))
+        if not problem.world.is_main:
             return None  # the search is trained; rank 0 evaluates and reports its result
         final = space.canonicalize(held)
         evaluation = problem.evaluate(final)
-        extras = {"target_cost": target, "target_from": target_from, "stages": stage_reports,
-                  "cost_error": (evaluation.cost - target) / target}
+        extras = {"aim_cost": aim, "aim_from": aim_from, "stages": stage_reports,
+                  "cost_error": (evaluation.cost - aim) / aim}
         if self.measure_latency:
             extras.update(latency_report(problem, final))
         return problem.result(**extras)
 
-    def _run_stage(self, stage_name, searched, held, supernet, problem, data, weight_idx, ctrl_idx, target, gen, rng,
-                   device, bar, checkpoint, paths, position: dict, resumed: dict | None) -> dict:
-        space, world = problem.space, problem.world
-        n_micro, mine = paths
-        controller = Controller(searched, self.controller_lr)
-        optimizer = supernet.optimizer(self.lr, self.momentum, self.weight_decay)
-        warmup_steps = int(self.warmup * self.steps)
-        baseline = None
-        largest = {d.name: max(range(len(d.options)), key=lambda i, d=d: d.options[i])
-                   for d in searched if all(isinstance(o, (int, float)) and not isinstance(o, bool) for o in d.options)}
-        trajectory, rewards = [], []
-        snapshot_every = max(1, self.steps // 10)
-        options = {d.name: d.options for d in searched}
-        first_step = 0
+    def _train_stages(self, run: SupernetRun) -> tuple[Arch, list[dict]]:
+        """Every stage in turn, each from the previous one's argmax (resumed where a
+        checkpoint of the same search stopped); the last argmax and the stages' reports."""
+        training, space = run.training, run.training.problem.space
+        held, stage_reports, first_stage = space.default_arch(), [], 0
+        resumed = training.checkpoint.load()
         if resumed is not None:
-            first_step, baseline = resumed["step"], resumed["baseline"]
-            rewards, trajectory = list(resumed["rewards"]), list(resumed["trajectory"])
-            for name, logits in controller.logits.items():
-                logits.data.copy_(resumed["controller"][name])
-            controller.optimizer.load_state_dict(resumed["controller_optimizer"])
-            optimizer.load_state_dict(resumed["optimizer"])
-            set_rng_states(resumed["rng"], gen, rng)
-            bar.update(first_step)
+            first_stage, held, stage_reports = resumed["stage"], Arch(resumed["held"]), resumed["stage_reports"]
+            run.supernet.load_state_dict(resumed["supernet"])
+        bar = training.progress_bar(self.steps * self.stages, initial=first_stage * self.steps)
+        try:
+            with training.checkpoint:
+                for i, (stage_name, tag) in enumerate(self.plan(space)):
+                    if i < first_stage:
+                        continue
+                    stage = Stage(self, run, stage_name, space.decisions(tag), held,
+                                  {"stage": i, "held": dict(held), "stage_reports": stage_reports})
+                    report = stage.run(bar, resumed if i == first_stage else None)
+                    held = report.pop("arch")
+                    stage_reports.append(report)
+        finally:
+            bar.close()
+        return held, stage_reports
 
-        def state():
-            return {**position, "step": step + 1, "supernet": supernet.state_dict(), "optimizer": optimizer.state_dict(),
-                    "controller": {n: v.detach().clone() for n, v in controller.logits.items()},
-                    "controller_optimizer": controller.optimizer.state_dict(), "baseline": baseline,
-                    "rewards": rewards, "trajectory": trajectory, "rng": rng_states(gen, rng)}
 
-        def arch_of(indices):
-            return space.canonicalize(held.replace(**controller.values(indices)))
+@dataclass
+class SupernetRun:
+    """What the stages of one search share: the harness, the supernet, the examples of the
+    shared weights and of the controller, the cost aimed at and the random streams."""
 
-        for step in range(first_step, self.steps):
-            for group in optimizer.param_groups:  # cosine schedule over the stage
-                group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * step / self.steps))
-            # shared-weight step: a path per micro-batch; every process draws them all
-            sampled = []
-            for _ in range(n_micro):
-                indices = controller.sample(gen)
-                if step < warmup_steps:
-                    enable_all = 1.0 - step / warmup_steps
-                    for name, i in largest.items():
-                        if rng.random() < enable_all:
-                            indices[name] = i
-                sampled.append(indices)
-            batch = torch.tensor_split(sample_indices(weight_idx, self.batch_size, gen), n_micro)
-            supernet.train()
-            optimizer.zero_grad(set_to_none=True)
-            loss = 0.0
-            with RunningStats(supernet, world, n_micro) as stats:
-                for p in mine:
-                    x, y = load_batch(data, batch[p], space.input_shape, device)
-                    share = F.cross_entropy(supernet(x, arch_of(sampled[p])), y) * (len(batch[p]) / self.batch_size)
-                    share.backward()
-                    stats.pass_done()
-                    loss += share.item()
-            (loss,) = sum_gradients(world, [optimizer], [loss])
-            if not math.isfinite(loss):
-                raise NASError(f"supernet training diverged at {stage_name} step {step}; lower searcher.lr")
-            optimizer.step()
-            # controller step on other paths and a separate batch
-            sampled = [controller.sample(gen) for _ in range(n_micro)]
-            archs = [arch_of(indices) for indices in sampled]
-            batch = torch.tensor_split(sample_indices(ctrl_idx, self.reward_batch_size, gen), n_micro)
-            qualities = torch.zeros(n_micro, dtype=torch.float64)
-            with torch.no_grad(), RunningStats(supernet, world, n_micro) as stats:
-                for p in mine:
-                    x, y = load_batch(data, batch[p], space.input_shape, device)
-                    qualities[p] = (supernet(x, archs[p]).argmax(1) == y).float().mean().item()
-                    stats.pass_done()
-            world.all_reduce(qualities)
-            costs = [problem.cost(arch) for arch in archs]
-            path_rewards = [q + self.beta * abs(c / target - 1) for q, c in zip(qualities.tolist(), costs)]
-            reward, cost = float(np.mean(path_rewards)), float(np.mean(costs))
-            if baseline is None:
-                baseline = reward
-            if step >= warmup_steps:
-                controller.reinforce([(indices, r - baseline) for indices, r in zip(sampled, path_rewards)])
-            baseline = self.baseline_momentum * baseline + (1 - self.baseline_momentum) * reward
-            rewards.append(reward)
-            if step % snapshot_every == 0 or step == self.steps - 1:
-                trajectory.append({"step": step, "probs": controller.probs()})
-                problem.log_progress(step, {**flat_progress(f"{stage_name}: P ", trajectory[-1]["probs"], options),
-                                            f"{stage_name}: reward baseline": baseline})
+    training: WeightTraining
+    supernet: torch.nn.Module
+    pools: dict
+    aim: float
+    gen: torch.Generator
+    rng: np.random.Generator
+
+
+class Stage:
+    """One TuNAS stage: a controller over the ``searched`` decisions (the others held at
+    ``held``), trained with the shared weights step by step."""
+
+    def __init__(self, tunas: TuNAS, run: SupernetRun, name: str, searched, held: Arch, position: dict):
+        self.tunas, self.name, self.searched, self.held = tunas, name, searched, held
+        self.supernet, self.training, self.pools, self.aim = run.supernet, run.training, run.pools, run.aim
+        self.gen, self.rng = run.gen, run.rng
+        self.position = position  # where this stage is in the search, for its checkpoints
+        self.problem = run.training.problem
+        self.controller = Controller(searched, tunas.controller_lr)
+        self.optimizer = run.supernet.optimizer(tunas.lr, tunas.momentum, tunas.weight_decay)
+        self.warmup_steps = int(tunas.warmup * tunas.steps)
+        # warm-up enables the largest option of numeric decisions (TuNAS's "filter warm-up")
+        self.largest = {d.name: max(range(len(d.options)), key=lambda i, d=d: d.options[i]) for d in searched
+                        if all(isinstance(o, (int, float)) and not isinstance(o, bool) for o in d.options)}
+        self.baseline, self.rewards, self.trajectory = None, [], []
+
+    def run(self, bar, resumed: dict | None) -> dict:
+        first_step = self.load(resumed) if resumed is not None else 0
+        bar.update(first_step)
+        for step in range(first_step, self.tunas.steps):
+            self.weight_step(step)
+            reward, cost = self.controller_step(step)
+            self.snapshot(step)
             bar.update(1)
-            bar.set_postfix(stage=stage_name, reward=f"{reward:.3f}", cost=f"{cost:.4g}", refresh=False)
-            checkpoint.step_done(step, state)
-        best = arch_of(controller.argmax())
-        return {"stage": stage_name, "searched": [d.name for d in searched], "arch": best,
-                "argmax_arch": dict(best), "argmax_cost": problem.cost(best), "final_probs": controller.probs(),
-                "mean_reward_last_10pct": float(np.mean(rewards[-max(1, self.steps // 10):])),
-                "trajectory": trajectory}
+            bar.set_postfix(stage=self.name, reward=f"{reward:.3f}", cost=f"{cost:.4g}", refresh=False)
+            self.training.checkpoint.step_done(step, lambda step=step: self.state(step))
+        return self.report()
+
+    def arch_of(self, indices: dict[str, int]) -> Arch:
+        return self.problem.space.canonicalize(self.held.replace(**self.controller.values(indices)))
+
+    def weight_step(self, step: int) -> None:
+        """The shared weights on a path per micro-batch (every process draws them all)."""
+        tunas, training = self.tunas, self.training
+        set_lr(self.optimizer, cosine_lr(tunas.lr, step, tunas.steps))
+        sampled = []
+        for _ in range(training.n_micro):
+            indices = self.controller.sample(self.gen)
+            if step < self.warmup_steps:
+                enable_all = 1.0 - step / self.warmup_steps
+                for name, i in self.largest.items():
+                    if self.rng.random() < enable_all:
+                        indices[name] = i
+            sampled.append(indices)
+        archs = [self.arch_of(indices) for indices in sampled]
+        batch = training.batches(self.pools["weights"], tunas.batch_size, self.gen)
+        self.supernet.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = training.step(self.supernet, [self.optimizer], batch, tunas.batch_size,
+                             lambda p, x, y: F.cross_entropy(self.supernet(x, archs[p]), y))
+        if not math.isfinite(loss):
+            raise NASError(f"supernet training diverged at {self.name} step {step}; lower searcher.lr")
+        self.optimizer.step()
+
+    def controller_step(self, step: int) -> tuple[float, float]:
+        """REINFORCE on other paths and a separate batch: reward = accuracy with the shared
+        weights + beta * |cost / aim - 1| (the absolute reward); returns the mean reward and cost."""
+        tunas, training = self.tunas, self.training
+        sampled = [self.controller.sample(self.gen) for _ in range(training.n_micro)]
+        archs = [self.arch_of(indices) for indices in sampled]
+        batch = training.batches(self.pools["controller"], tunas.reward_batch_size, self.gen)
+        qualities = training.measure(self.supernet, batch,
+                                     lambda p, x, y: (self.supernet(x, archs[p]).argmax(1) == y).float().mean().item())
+        costs = [self.problem.cost(arch) for arch in archs]
+        path_rewards = [q + tunas.beta * abs(c / self.aim - 1) for q, c in zip(qualities, costs)]
+        reward, cost = float(np.mean(path_rewards)), float(np.mean(costs))
+        if self.baseline is None:
+            self.baseline = reward
+        if step >= self.warmup_steps:
+            self.controller.reinforce([(indices, r - self.baseline) for indices, r in zip(sampled, path_rewards)])
+        self.baseline = tunas.baseline_momentum * self.baseline + (1 - tunas.baseline_momentum) * reward
+        self.rewards.append(reward)
+        return reward, cost
+
+    def snapshot(self, step: int) -> None:
+        """The controller's probabilities about ten times a stage (trajectory and dashboard)."""
+        steps = self.tunas.steps
+        if step % max(1, steps // 10) == 0 or step == steps - 1:
+            self.trajectory.append({"step": step, "probs": self.controller.probs()})
+            options = {d.name: d.options for d in self.searched}
+            self.problem.log_progress(step, {**flat_progress(f"{self.name}: P ", self.trajectory[-1]["probs"], options),
+                                             f"{self.name}: reward baseline": self.baseline})
+
+    def state(self, step: int) -> dict:
+        """Everything a resumed run needs to continue after ``step`` as an uninterrupted one."""
+        return {**self.position, "step": step + 1, "supernet": self.supernet.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "controller": {n: v.detach().clone() for n, v in self.controller.logits.items()},
+                "controller_optimizer": self.controller.optimizer.state_dict(), "baseline": self.baseline,
+                "rewards": self.rewards, "trajectory": self.trajectory, "rng": rng_states(self.gen, self.rng)}
+
+    def load(self, resumed: dict) -> int:
+        """Continue from a checkpoint's :meth:`state`; returns the step to continue at."""
+        self.baseline = resumed["baseline"]
+        self.rewards, self.trajectory = list(resumed["rewards"]), list(resumed["trajectory"])
+        for name, logits in self.controller.logits.items():
+            logits.data.copy_(resumed["controller"][name])
+        self.controller.optimizer.load_state_dict(resumed["controller_optimizer"])
+        self.optimizer.load_state_dict(resumed["optimizer"])
+        set_rng_states(resumed["rng"], self.gen, self.rng)
+        return resumed["step"]
+
+    def report(self) -> dict:
+        best = self.arch_of(self.controller.argmax())
+        steps = self.tunas.steps
+        return {"stage": self.name, "searched": [d.name for d in self.searched], "arch": best,
+                "argmax_arch": dict(best), "argmax_cost": self.problem.cost(best),
+                "final_probs": self.controller.probs(),
+                "mean_reward_last_10pct": float(np.mean(self.rewards[-max(1, steps // 10):])),
+                "trajectory": self.trajectory}

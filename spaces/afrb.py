@@ -44,7 +44,7 @@ from torch import nn
 
 from nas import Arch, Decision, NASError, OpSpec, Space, register_space
 from nas.ops import ACTIVATIONS, conv_out, make_divisible
-from nas.relax import Relaxation, ops_cost
+from nas.training.relax import Relaxation, ops_cost
 
 #: Table 5: (block, input width, output width, expansion, stride) of each row after the
 #: stem. An ``A3`` row is two units with a residual around the pair.
@@ -117,10 +117,13 @@ class AFRBNet(nn.Module):
 
 @register_space("afrb")
 class AFRBSpace(Space):
-    """The RAN-e SuperNet's units, each an IBN or its collapsed regular convolution."""
+    """The RAN-e SuperNet's units (Tables 5-6), each an IBN (I) or its collapsed regular
+    convolution (R), and the kernel. ``width_mult`` 1.0 at 224 px and 1000 classes is the
+    published SuperNet (Table 1's counts); the default 0.5 is the reduced-width variant for
+    small data."""
 
     def __init__(self, resolution: int = 224, num_classes: int = 1000, in_channels: int = 3,
-                 width_mult: float = 1.0, act: str = "hswish", kernels: list = (3, 5, 7)):
+                 width_mult: float = 0.5, act: str = "hswish", kernels: list = (3, 5, 7)):
         super().__init__(resolution, num_classes, in_channels)
         if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not 0 < width_mult <= 4:
             raise NASError(f"afrb field width_mult must be a number in (0, 4], got {width_mult!r}")
@@ -183,8 +186,6 @@ class AFRBSpace(Space):
                 table[name] = values
         return table
 
-    def capabilities(self):
-        return super().capabilities() | {"relaxed"}
 
     # ------------------------------------------------------------------ layers and models
     def unit_ops(self, u: Unit, form: str, k: int) -> list[OpSpec]:

@@ -156,7 +156,16 @@ class ConvNeXtHeadOp(LayeredOpKind):
 
 @register_space("convnext_scaled")
 class ConvNeXtScaledSpace(Space):
-    def __init__(self, resolution: int = 32, num_classes: int = 10, in_channels: int = 3,
+    """ConvNeXt scaled by width and depth multipliers (RAN-i), at 224x224 and 1000 classes by
+    default, where RAN-i's budgets and Table 7 apply (so the input fields do not follow the
+    data set). For the embedded data sets use a smaller base, e.g. ``resolution=28
+    stem_stride=2 base_dims=[16,32,64,128] base_depths=[1,1,3,1] num_classes=10
+    in_channels=1``. The default grid: 37 widths 0.25..1.6 in steps of 0.0375 plus Table 7's,
+    17 depths 0.6..2.56 in steps of 0.1225 plus 1.0, 1.65, 2.30 (800 candidates)."""
+
+    data_fields = ()
+
+    def __init__(self, resolution: int = 224, num_classes: int = 1000, in_channels: int = 3,
                  base_dims: list = (96, 192, 384, 768), base_depths: list = (3, 3, 9, 3), stem_stride: int = 4,
                  expansion: int = 4, kernel: int = 7, width_mults: list = DEFAULT_WIDTH_MULTS,
                  depth_mults: list = DEFAULT_DEPTH_MULTS):

@@ -83,7 +83,7 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(self.expand(self.act(self.reduce(x.mean((2, 3), keepdim=True)))))
 
 
-class Block(nn.Module):
+class ResidualCandidate(nn.Module):
     """``post(body(x) + shortcut(x))``; no shortcut when it is None."""
 
     def __init__(self, body: nn.Module, shortcut: nn.Module | None = None, post: nn.Module | None = None):
@@ -260,7 +260,7 @@ class EfnKind(CandidateKind):
         if p["se"]:
             layers.append(SqueezeExcite(m, max(1, round(c_in * p["se"]))))
         layers.append(conv_bn(m, c_out, 1))
-        return Block(nn.Sequential(*layers), shortcut(c_in, c_out, s, project=False))
+        return ResidualCandidate(nn.Sequential(*layers), shortcut(c_in, c_out, s, project=False))
 
 
 @register_op_kind("efnv2")
@@ -276,7 +276,7 @@ class Efnv2Kind(CandidateKind):
             layers.append(SqueezeExcite(m, max(1, round(c_in * p["se"]))))
         if e != 1:
             layers.append(conv_bn(m, c_out, 1))
-        return Block(nn.Sequential(*layers), shortcut(c_in, c_out, s, project=False))
+        return ResidualCandidate(nn.Sequential(*layers), shortcut(c_in, c_out, s, project=False))
 
 
 @register_op_kind("cb_stack")
@@ -306,7 +306,7 @@ class CbBottleKind(CandidateKind):
         m, s = _mid(p), p["stride"]
         body = nn.Sequential(conv_bn(p["c_in"], m, 1, act="relu"), conv_bn(m, m, p["k"], s, "relu"),
                              conv_bn(m, p["c_out"], 1))
-        return Block(body, shortcut(p["c_in"], p["c_out"], s, project=True), nn.ReLU())
+        return ResidualCandidate(body, shortcut(p["c_in"], p["c_out"], s, project=True), nn.ReLU())
 
 
 @register_op_kind("cb_res")
@@ -316,7 +316,7 @@ class CbResKind(CandidateKind):
 
     def build(self, **p):
         s = p["stride"]
-        return Block(conv_bn(p["c_in"], p["c_out"], p["k"], s), shortcut(p["c_in"], p["c_out"], s, project=True),
+        return ResidualCandidate(conv_bn(p["c_in"], p["c_out"], p["k"], s), shortcut(p["c_in"], p["c_out"], s, project=True),
                      nn.ReLU())
 
 
@@ -354,7 +354,7 @@ class BotTransKind(CandidateKind):
         m, s = _attn_mid(p), p["stride"]
         body = nn.Sequential(conv_bn(p["c_in"], m, 1, act="relu"), MHSA2d(m, 4, p["res"]), downsample(s),
                              nn.BatchNorm2d(m), nn.ReLU(), conv_bn(m, p["c_out"], 1))
-        return Block(body, shortcut(p["c_in"], p["c_out"], s, project=True), nn.ReLU())
+        return ResidualCandidate(body, shortcut(p["c_in"], p["c_out"], s, project=True), nn.ReLU())
 
 
 @register_op_kind("lambda")
@@ -367,7 +367,7 @@ class LambdaKind(CandidateKind):
         context = min(7, r if r % 2 else r - 1)
         body = nn.Sequential(conv_bn(p["c_in"], m, 1, act="relu"), Lambda2d(m, 4, 16, max(1, context)), downsample(s),
                              nn.BatchNorm2d(m), nn.ReLU(), conv_bn(m, p["c_out"], 1))
-        return Block(body, shortcut(p["c_in"], p["c_out"], s, project=True), nn.ReLU())
+        return ResidualCandidate(body, shortcut(p["c_in"], p["c_out"], s, project=True), nn.ReLU())
 
 
 # --------------------------------------------------------------------------- registry
@@ -459,14 +459,22 @@ def _teacher_space(name: str, config: dict) -> Space:
         raise NASError(f"space hant's teacher: {exc}") from None
 
 
+#: the default teacher: a small EfficientNet-style network of the ``mbconv`` space (MBConv
+#: blocks, expansion 6, 5x5 kernels; four layers) that trains in a minute on a CPU
+EFFICIENTNET_TEACHER = {"s1_width": 16, "s1_b1_kernel": 5, "s1_b1_expansion": 6, "s2_width": 32, "s2_depth": 2,
+                        "s2_b1_kernel": 5, "s2_b1_expansion": 6, "s2_b2_kernel": 5, "s2_b2_expansion": 6,
+                        "s3_width": 64, "s3_b1_kernel": 5, "s3_b1_expansion": 6}
+
+
 @register_space("hant")
 class HANTSpace(Space):
     """One decision per teacher layer (``layer1`` ... ``layerN``, tag ``layer``) over the
     candidate ``pool`` (default the 197 of :data:`HANT_POOL`); capability ``layerwise``
-    (see :mod:`nas.layerwise`).
+    (see :mod:`nas.training.layerwise`).
 
     ``teacher_arch`` is a preset name of ``teacher_space`` or decisions that override its
-    default arch; ``teacher_config`` its space fields (``resolution``, ``num_classes``
+    default arch (``{}``: that default arch; None: :data:`EFFICIENTNET_TEACHER` when the
+    teacher space is ``mbconv``, else that default arch); ``teacher_config`` its space fields (``resolution``, ``num_classes``
     and ``in_channels`` are this space's). From Python, ``teacher_ops`` (a chain of
     OpSpecs: stem, layers, head) replaces the teacher space.
     """
@@ -476,6 +484,8 @@ class HANTSpace(Space):
                  pool: list | None = None, teacher_ops: list | None = None):
         super().__init__(resolution, num_classes, in_channels)
         self.teacher_space = teacher_space
+        if teacher_arch is None and teacher_space == "mbconv" and teacher_ops is None:
+            teacher_arch = EFFICIENTNET_TEACHER
         self.teacher_arch = teacher_arch
         self.teacher_config = dict(teacher_config or {})
         self.pool = list(pool) if pool is not None else None
@@ -525,8 +535,6 @@ class HANTSpace(Space):
         cfg.pop("teacher_ops", None)
         return cfg
 
-    def capabilities(self):
-        return super().capabilities() | {"layerwise"}
 
     def _make_decisions(self):
         return [Decision(f"layer{i + 1}", tuple(self.options), tag="layer") for i in range(len(self.layers))]

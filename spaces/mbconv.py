@@ -25,6 +25,9 @@ def _int_tuple(values, field: str) -> tuple:
 
 @register_space("mbconv")
 class MBConvSpace(Space):
+    """MobileNetV2-style MBConv blocks: per stage width and depth (``coarse``), per block
+    kernel and expansion (``fine``)."""
+
     def __init__(self, resolution: int = 32, num_classes: int = 10, in_channels: int = 3,
                  stem_channels: int = 16, stem_stride: int = 2,
                  stage_strides: list = (1, 2, 2),

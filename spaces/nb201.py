@@ -108,7 +108,13 @@ def _load_table(path: str | None) -> BenchmarkTable:
 
 @register_space("nb201")
 class NB201Space(Space):
-    """NAS-Bench-201 cells; quality from the CIFAR-10 table or from real training."""
+    """NAS-Bench-201 cells (15,625); quality from the CIFAR-10 table or from real training.
+
+    The table holds CIFAR-10 accuracy at 32x32 and 10 classes, so the input fields keep their
+    values whatever the data set (``evaluator=table`` for the tabular benchmark,
+    ``evaluator=train`` to train the cells)."""
+
+    data_fields = ()
 
     def __init__(self, resolution: int = 32, num_classes: int = 10, in_channels: int = 3,
                  channels: int = 16, cells_per_stage: int = 5):

@@ -162,6 +162,12 @@ GRIDS = {
 
 @register_space("relu_reuse")
 class ReLUReuseSpace(Space):
+    """DeepReShape's space: ResNet-style stages of basic blocks with stagewise channel factors
+    alpha, beta, gamma, depths phi1..phi4 and a ReLU treatment per block (keep, thin, cull,
+    ReLU-reuse by 2, 4, 8 or 16). ``grid``: ``small`` (for the embedded data sets; the shipped
+    CPU LUT covers it) or ``published`` (ResNet18, Table 5's HRNs, StageCh and BaseCh as
+    presets, e.g. ``grid=published resolution=32 num_classes=100``); a list given replaces the grid's."""
+
     def __init__(self, resolution: int = 32, num_classes: int = 10, in_channels: int = 3, grid: str = "small",
                  ms: list | None = None, alphas: list | None = None, betas: list | None = None,
                  gammas: list | None = None, phis: list | None = None, treatments: list | None = None):

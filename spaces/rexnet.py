@@ -136,6 +136,14 @@ GRIDS = {
 
 @register_space("rexnet")
 class ReXNetSpace(Space):
+    """ReXNet's channel-configuration space: MobileNetV2's skeleton (``group_depths``: blocks per
+    group, strides 1, 2, 2, 2, 1, 2, 1), block channels ``c_i = w * (intercept + rise *
+    f(i / depth))`` with ``f`` piecewise linear through (0, 0), (break_at, break_rise), (1, 1),
+    rounded to a multiple of ``channel_divisor``. ``grid``: ``small`` (the default, for the
+    embedded data sets: channels in multiples of 16, every layer in the shipped CPU LUT) or
+    ``published`` (ReXNet x0.9-x2.0 and MobileNetV2 as presets, exact rounding); a list given
+    replaces the grid's."""
+
     def __init__(self, resolution: int = 32, num_classes: int = 10, in_channels: int = 3, grid: str = "small",
                  group_depths: list | None = None, width_mults: list | None = None, intercepts: list | None = None,
                  rises: list | None = None, break_ats: list | None = None, break_rises: list | None = None,

@@ -96,7 +96,7 @@ def chromium():
 def postgres_url():
     """A PostgreSQL server of the test's own (Debian's package, installed by the setup when
     missing): a fresh data folder, listening on 127.0.0.1 only, stopped afterwards."""
-    from nas.localdb import LocalPostgres, install_postgres, postgres_binary
+    from nas.app.localdb import LocalPostgres, install_postgres, postgres_binary
 
     install_postgres()
     if postgres_binary("initdb") is None:

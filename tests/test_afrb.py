@@ -28,7 +28,7 @@ def small_space(**kw):
 
 @pytest.mark.parametrize("preset", sorted(TABLE_1))
 def test_presets_match_table_1(preset):
-    space = nas.get_space("afrb")
+    space = nas.get_space("afrb", width_mult=1.0)  # the published SuperNet
     arch = space.preset(preset)
     ops = space.ops(arch)
     params, macs = TABLE_1[preset]
@@ -37,7 +37,7 @@ def test_presets_match_table_1(preset):
 
 
 def test_presets_are_fig_4_and_the_supernet_layout():
-    space = nas.get_space("afrb")
+    space = nas.get_space("afrb", width_mult=1.0)  # the published SuperNet
     assert len(space.units) == 17 and [r.kind for r in space.rows].count("A3") == 1
     summary = {p: space.summary(space.preset(p))["collapsed"] for p in space.presets()}
     # Fig. 4: A collapses 5 of 17 units, B two more, C changes kernels only, GT is manual
@@ -181,7 +181,7 @@ def tiny_problem(space, cost_model="macs", seed=0):
     data = nas.get_dataset("synthetic", n=128, num_classes=4, resolution=16, in_channels=1)
     evaluator = nas.get_evaluator("train", epochs=1, batch_size=32)
     evaluator.bind(space, data)
-    return nas.SearchProblem(space, nas.get_cost_model(cost_model), evaluator, seed=seed, progress=False)
+    return nas.SearchProblem(space, nas.get_cost_model(cost_model), evaluator, seed=seed, show_progress=False)
 
 
 def test_differentiable_search_on_afrb_end_to_end_and_seeded():
@@ -264,7 +264,7 @@ def test_differentiable_errors():
         nas.get_searcher("differentiable", band=[0.5, 0.9])
     with pytest.raises(NASError, match="needs a space with 'relaxed'"):
         nas.run_search(nas.get_searcher("differentiable"), nas.SearchProblem(
-            nas.get_space("nb201"), nas.get_cost_model("macs"), nas.get_evaluator("table"), progress=False))
+            nas.get_space("nb201"), nas.get_cost_model("macs"), nas.get_evaluator("table"), show_progress=False))
     with pytest.raises(NASError, match="width_mult"):
         nas.get_space("afrb", width_mult=0)
     with pytest.raises(NASError, match="kernels"):

@@ -9,9 +9,9 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from conftest import TWO_WIDTHS_PLUGIN, run_cli
 
 import nas
-from conftest import TWO_WIDTHS_PLUGIN, run_cli
 
 NB201 = ["space=nb201", "evaluator=table", "searcher=random", "target=macs", "progress=false"]
 

@@ -6,7 +6,8 @@ import pytest
 
 import nas
 from nas import NASError
-from nas.evaluators import Evaluator, Score, TrainEvaluator
+from nas.evaluators import Evaluator, Score
+from nas.training.evaluator import TrainEvaluator
 
 
 @pytest.fixture(scope="module")

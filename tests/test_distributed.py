@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli
 from test_resume import checkpoint_position, comparable
 
 import nas
-from nas.distributed import RunningStats, World
+from nas.training.distributed import RunningStats
+from nas.world import World
 
 SMALL_POOL = "[teacher,identity,efn_k3_e3,efnv2_k3_e1_se0.04,cb_res_k3,conv_cs_k1_w1,repvgg_k3]"
 COMMON = ["target=macs", "data=synthetic", "evaluator.epochs=1", "progress=false", "save_model=false",

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import nas
 from nas import NASError
-from nas.run import main as run_main
+from nas.app.run import main as run_main
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
                 derandomize=True)
@@ -107,6 +107,7 @@ def test_fuzzed_arch_json_is_an_arch_or_a_nas_error(doc):
        value=json_value)
 def test_fuzzed_lut_files_load_or_fail_with_a_nas_error(tmp_path_factory, mutation, key, value):
     from conftest import ROOT
+
     from nas.lut import LUTFile
 
     shipped = sorted((ROOT / "latency_luts").rglob("*.json"))
@@ -256,7 +257,7 @@ def test_fuzzed_run_names_and_output_dirs_stay_where_the_user_said(tmp_path_fact
        lut_dir=st.one_of(st.none(), edge_path))
 def test_fuzzed_lut_commands_end_in_a_result_or_one_line_error(tmp_path_factory, command, fields, lut_dir, capsys,
                                                                 monkeypatch):
-    from nas.lut.__main__ import main as lut_main
+    from nas.app.lut import main as lut_main
 
     work = working_folder(tmp_path_factory, "lut")
     monkeypatch.chdir(work)
@@ -284,7 +285,7 @@ sweep_value = st.one_of(edge_number, st.sampled_from(["range(5,1)", "range(0,3)"
        over=st.sampled_from(["searcher", "arch"]))
 def test_fuzzed_sweeps_end_in_a_file_or_one_line_error(tmp_path_factory, name, out, swept, over, capsys,
                                                        monkeypatch):
-    from nas.sweep import main as sweep_main
+    from nas.app.sweep import main as sweep_main
 
     work = working_folder(tmp_path_factory, "sweep")
     monkeypatch.chdir(work)
@@ -302,7 +303,7 @@ def test_fuzzed_sweeps_end_in_a_file_or_one_line_error(tmp_path_factory, name, o
 def test_fuzzed_dashboard_arguments(good_run, tmp_path_factory, port, target, capsys, monkeypatch):
     import optuna_dashboard
 
-    from nas.dashboard import main as dashboard_main
+    from nas.app.dashboard import main as dashboard_main
 
     served = []
     monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, host, port: served.append(port))
@@ -321,7 +322,7 @@ def test_fuzzed_dashboard_arguments(good_run, tmp_path_factory, port, target, ca
 @given(content=st.one_of(json_value.map(json.dumps), text, st.sampled_from(['{"pareto": NaN}', '[]', "{}"])),
        args=st.sampled_from([["RUN"], [], ["RUN", "extra"], ["missing"], ["-h"]]))
 def test_fuzzed_report_inputs(tmp_path_factory, content, args, capsys):
-    from nas.report import main as report_main
+    from nas.app.report import main as report_main
 
     run_dir = tmp_path_factory.mktemp("report")
     (run_dir / "result.json").write_text(content)

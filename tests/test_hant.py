@@ -8,9 +8,9 @@ import torch
 
 import nas
 from nas import NASError
-from nas.layerwise import LayerwiseNet, distill, hold_out, loss_changes
 from nas.ledger import Ledger
 from nas.search import SearchProblem
+from nas.training.layerwise import DistillSettings, LayerwiseNet, distill, hold_out, loss_changes
 from spaces.hant import HANT_POOL
 
 SMALL_POOL = ["teacher", "identity", "efn_k3_e3", "efnv2_k3_e1_se0.04", "cb_res_k3", "cb_stack_k3_w0.5",
@@ -18,6 +18,7 @@ SMALL_POOL = ["teacher", "identity", "efn_k3_e3", "efnv2_k3_e1_se0.04", "cb_res_
 
 
 def small_space(**kw):
+    kw.setdefault("teacher_arch", {})  # mbconv's default arch: a three-layer teacher
     return nas.get_space("hant", resolution=16, in_channels=3, num_classes=4, **kw)
 
 
@@ -109,9 +110,10 @@ def _net(seed=0):
 def test_distillation_resumes_to_the_uninterrupted_result(tmp_path):
     data = nas.get_dataset("synthetic", n=256, num_classes=4, resolution=16)
     options = [["teacher", "identity", "efn_k3_e3", "cb_res_k3", "vit_d1_w32_h4"]] * 3
-    kw = dict(epochs=2, batch_size=32, lr=2e-3, seed=3, device=torch.device("cpu"), max_batches=3, progress=False)
+    kw = dict(epochs=2, batch_size=32, lr=2e-3, seed=3, input_shape=(3, 16, 16), device=torch.device("cpu"),
+              max_batches=3, every=1, show_progress=False)
     whole = _net()
-    distill(whole, options, data, (3, 16, 16), checkpoint=tmp_path / "whole.pt", every=1, **kw)
+    distill(whole, options, data, DistillSettings(checkpoint=tmp_path / "whole.pt", **kw))
 
     class Killed(Exception):
         pass
@@ -122,9 +124,9 @@ def test_distillation_resumes_to_the_uninterrupted_result(tmp_path):
 
     ckpt = tmp_path / "part.pt"
     with pytest.raises(Killed):
-        distill(_net(), options, data, (3, 16, 16), checkpoint=ckpt, every=1, on_step=kill_at_4, **kw)
+        distill(_net(), options, data, DistillSettings(checkpoint=ckpt, **kw), on_step=kill_at_4)
     resumed = _net()
-    distill(resumed, options, data, (3, 16, 16), checkpoint=ckpt, every=1, **kw)
+    distill(resumed, options, data, DistillSettings(checkpoint=ckpt, **kw))
     a, b = whole.candidates.state_dict(), resumed.candidates.state_dict()
     assert a.keys() == b.keys() and len(a) > 10
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -165,7 +167,7 @@ def _problem(space, budget=None, work_dir=None, epochs=1):
     data = nas.get_dataset("synthetic", n=400, num_classes=4, resolution=16)
     ev = nas.get_evaluator("train", epochs=epochs, batch_size=64)
     ev.bind(space, data)
-    return SearchProblem(space, nas.get_cost_model("macs"), ev, Ledger(space, "t", "memory"), budget, 0, False,
+    return SearchProblem(space, nas.get_cost_model("macs"), ev, Ledger(space, "t", "memory"), budget, 0, show_progress=False,
                          work_dir=work_dir)
 
 
@@ -253,8 +255,6 @@ class TwoLayerTeacher(nas.Space):
     def _make_decisions(self):
         return [nas.Decision(f"l{i}", self.OPTIONS, tag="layer") for i in (1, 2)]
 
-    def capabilities(self):
-        return super().capabilities() | {"layerwise"}
 
     def layer_decisions(self):
         return self.decisions("layer")
@@ -287,7 +287,7 @@ def test_ilp_searcher_runs_on_any_layerwise_space():
     data = nas.get_dataset("synthetic", n=300, num_classes=3, resolution=8)
     ev = nas.get_evaluator("train", epochs=1, batch_size=64)
     ev.bind(space, data)
-    problem = SearchProblem(space, nas.get_cost_model("macs"), ev, Ledger(space, "t", "memory"), None, 0, False)
+    problem = SearchProblem(space, nas.get_cost_model("macs"), ev, Ledger(space, "t", "memory"), None, 0, show_progress=False)
     searcher = nas.get_searcher("ilp", k=3, overlap=1, budget_ratio=0.8, teacher_epochs=1, pretrain_batches=2,
                                 held_out=64, finetune_epochs=1, measure_latency=False)
     result = nas.run_search(searcher, problem)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from conftest import ROOT, TWO_WIDTHS_PLUGIN, run_cli
 
 import nas
@@ -114,7 +113,7 @@ def test_a_failed_run_writes_nothing_into_an_existing_run_folder(tmp_path, cli_e
     out = run_cli(NB201 + ["run_name=keep", "storage=postgresql://nobody@127.0.0.1:1/none"], tmp_path, cli_env)
     assert "cannot open storage" in one_line_error(out)
     assert tree(run_dir) == before  # config.yaml still names the run's own ledger
-    from nas.dashboard import resolve_storage
+    from nas.app.dashboard import resolve_storage
 
     assert resolve_storage(str(run_dir)) == (f"sqlite:///{(run_dir / 'ledger.db').resolve()}", "keep")
     # a new run that fails in its setup leaves no folder behind

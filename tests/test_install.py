@@ -8,7 +8,6 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -22,10 +21,10 @@ def test_installed_package_works_outside_the_checkout(tmp_path):
         pytest.skip("editable install: the checkout is the package")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     code = (
-        "import json, nas, nas.run\n"
+        "import json, nas, nas.app.run\n"
         "t = nas.get_space('nb201').benchmark_table()\n"
         "print(json.dumps({'file': nas.__file__, 'spaces': nas.list_spaces(), 'searchers': nas.list_searchers(),"
-        " 'rows': len(t), 'conf': nas.run.yaml_options('space'),"
+        " 'rows': len(t), 'conf': nas.app.run.yaml_options('target'),"
         " 'luts': {s: len(nas.lut.LUTFile.load(nas.lut.reference_path('cpu', s)).entries) for s in nas.list_spaces()}}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -34,6 +33,6 @@ def test_installed_package_works_outside_the_checkout(tmp_path):
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert ROOT not in Path(info["file"]).resolve().parents
     assert {"nb201", "mbconv"} <= set(info["spaces"]) and {"random", "optuna"} <= set(info["searchers"])
-    assert info["rows"] == 15625 and {"nb201", "mbconv", "uib"} <= set(info["conf"])
+    assert info["rows"] == 15625 and {"cpu", "macs", "relu"} <= set(info["conf"])
     assert {"uib", "tunas"} <= set(info["spaces"]) | set(info["searchers"])
     assert all(n > 0 for n in info["luts"].values())  # every space's CPU LUT is installed

@@ -13,6 +13,9 @@ from nas import Decision, NASError, OpSpec, Space
 from nas.latency import HarnessSettings, Timing, measure, measure_interleaved
 from nas.lut import LUTCost, LUTFile, build_lut, machine_lut_path, validation_metrics
 
+#: latencies are measured here: run alone, not beside other tests (README: the serial part)
+pytestmark = pytest.mark.serial
+
 FAST = HarnessSettings(warmup=1, rounds=2, min_run_time=0.005)
 
 

@@ -8,16 +8,19 @@ import math
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from torch import nn
 
 import nas
 import nas.lut as lut_mod
-from conftest import run_cli
 from nas import Decision, NASError, OpSpec, Space
 from nas.latency import HarnessSettings
 from nas.lut import LUTCost, LUTFile, build_lut, machine_lut_path
 from nas.lut.fast import OpPredictor, design, family, size_params
 from nas.machine import Fingerprint, this_machine
+
+#: a test that compares latencies measured here runs alone, not beside other tests (README)
+serial = pytest.mark.serial
 
 FAST = HarnessSettings(warmup=1, rounds=2, min_run_time=0.005)
 
@@ -81,6 +84,7 @@ def another_machines(path):
 # ---------------------------------------------------------------------------- on demand, cache
 
 
+@serial
 def test_lut_is_built_on_demand_into_the_lut_folder_and_reused(tmp_path, monkeypatch, capsys):
     space = Ladder()
     monkeypatch.setenv(lut_mod.LUT_DIR_ENV, str(tmp_path / "cache"))
@@ -119,6 +123,7 @@ def test_lut_is_built_on_demand_into_the_lut_folder_and_reused(tmp_path, monkeyp
     assert elsewhere.path.parent == tmp_path / "mine" / "cpu" / space.name and elsewhere.lut.mode == "fast"
 
 
+@serial
 def test_an_interrupted_build_is_resumed_by_the_next_run(tmp_path, monkeypatch, capsys):
     space = Ladder()
     monkeypatch.setattr(lut_mod, "FAST_TIMING", {"rounds": 1, "min_run_time": 0.002})
@@ -178,6 +183,7 @@ def test_another_machines_lut_is_used_only_on_purpose_and_labelled(tmp_path, cap
         missing.op_cost(gone)
 
 
+@serial
 def test_latency_report_measures_here_and_says_whose_the_lut_is(tmp_path):
     space = Ladder()
     lut = build_lut(space, "cpu", FAST, tmp_path, overhead_models=3, progress=False)
@@ -224,6 +230,7 @@ def test_predictor_recovers_family_lines_and_the_design_covers_every_kind():
     assert sum(predictor.source(op) == "family" for op in ops) > 0
 
 
+@serial
 def test_fast_lut_predicts_a_full_build(tmp_path, monkeypatch):
     """Fast mode against a full build of the same space on the same machine: the unmeasured
     entries are predicted, and whole architectures priced by the two agree."""
@@ -285,7 +292,7 @@ def test_run_on_a_new_machine_builds_its_lut_and_reports_measured_latency(tmp_pa
     best_line = next(line for line in ref.stdout.splitlines() if line.startswith("best: "))
     assert "(reference LUT of another machine [id " in best_line
     assert ref.stdout.strip().splitlines()[-1].endswith("(not comparable: the LUT is another machine's)")
-    from nas.report import front_table
+    from nas.app.report import front_table
 
     table = "\n".join(front_table(result))
     assert "cpu (ms): reference LUT of another machine: " in table and "(not comparable" in table

@@ -7,8 +7,7 @@ import pytest
 
 import nas
 from nas import Arch, NASError
-from nas.nnmass import (BlockTopology, bottleneck_mass, convnext_block_mass, nn_mass, nonlinear_per_mass,
-                        nonlinear_units)
+from nas.nnmass import BlockTopology, bottleneck_mass, convnext_block_mass, nn_mass, nonlinear_per_mass, nonlinear_units
 
 
 def published(value, table_value, rel, digits):

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from torch import nn
 
@@ -75,3 +77,47 @@ def test_custom_space_plugs_into_search():
     with pytest.raises(NASError, match="needs a space with 'table'"):
         nas.get_evaluator("table").bind(space)
     assert space.validate({"width": 4}) == Arch(width=4)
+
+
+def _cli_node(group, option):
+    from nas.app.run import compose_checked, register_config_nodes, register_resolvers
+
+    register_resolvers()
+    register_config_nodes()
+    from omegaconf import OmegaConf
+
+    cfg = compose_checked([f"{group}={option}"] + (["evaluator=table", "space=nb201"] if group == "searcher" else []))
+    node = OmegaConf.to_container(cfg, resolve=True)[group] if not isinstance(cfg, dict) else dict(cfg[group])
+    node.pop("name")
+    return node
+
+
+@pytest.mark.parametrize("group", ["space", "searcher", "evaluator", "data"])
+def test_the_cli_and_the_library_give_the_same_defaults(group):
+    """One source of defaults: every plug-in made from its CLI config node equals the one
+    ``nas.get_*`` makes with no arguments (a space's data fields, null on the command line
+    until the data set fills them, and an evaluator's seed, the run's, aside)."""
+    from nas.registry import DATASETS, EVALUATORS, SEARCHERS, SPACES, config_fields
+
+    registry = {"space": SPACES, "searcher": SEARCHERS, "evaluator": EVALUATORS, "data": DATASETS}[group]
+    for name in registry.names():
+        node, defaults = _cli_node(group, name), config_fields(registry.get(name))
+        following_data = getattr(registry.get(name), "data_fields", ()) if group == "space" else ()
+        assert all(node[k] is None for k in following_data), name
+        assert set(node) == set(defaults), name
+        if group == "evaluator" and "seed" in node:
+            assert node["seed"] == 0 == defaults["seed"]  # the default run's seed
+        given = {k: (defaults[k] if k in following_data else v) for k, v in node.items()}
+        if group == "space":
+            assert nas.get_space(name, **given).config() == nas.get_space(name).config(), name
+        elif group == "data":
+            continue  # loading every data set is the data tests' job; the fields are compared above
+        else:
+            made, default = registry.create(name, **given), registry.create(name)
+            assert vars(made).keys() == vars(default).keys(), name
+            assert repr(vars(made)) == repr(vars(default)), name
+        for k, v in node.items():  # the same values, up to YAML's lists for tuples
+            expected = defaults[k]
+            if k not in following_data and not (group == "evaluator" and k == "seed"):
+                assert v == (list(expected) if isinstance(expected, tuple) else expected) or \
+                    json.dumps(v, default=list) == json.dumps(expected, default=list), (name, k)

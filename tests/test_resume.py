@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import run_cli
 
 N_EVALS = 6
@@ -34,7 +33,7 @@ def comparable(result):
 
 @pytest.mark.parametrize("searcher", [["searcher=random"], ["searcher=optuna", "searcher.n_startup_trials=2"]])
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, cli_env, searcher):
-    args = ["space=mbconv", "target=macs", "data=synthetic", "data.n=768", f"searcher.n_evals={N_EVALS}", "evaluator.epochs=2", "progress=false",
+    args = ["space=mbconv", "target=macs", "data=synthetic", "data.n=384", f"searcher.n_evals={N_EVALS}", "evaluator.epochs=1", "progress=false",
             "run_name=k", "seed=5", *searcher]
     # Uninterrupted reference run.
     ref_dir = tmp_path / "ref"

@@ -10,7 +10,6 @@ import sys
 import time
 
 import optuna
-
 from conftest import run_cli
 
 ARGS = ["space=mbconv", "target=macs", "data=synthetic", "data.n=512", "evaluator.epochs=1", "searcher=random",

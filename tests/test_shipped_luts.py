@@ -6,8 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 import nas
+from nas.app.run import compose_checked, make_components, register_config_nodes
 from nas.lut import LUTCost, LUTFile, reference_path
-from nas.run import compose_checked, make_components, register_config_nodes
 
 
 @pytest.mark.parametrize("space_name", nas.list_spaces())

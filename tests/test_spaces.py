@@ -4,6 +4,7 @@ import pytest
 import nas
 from nas import Arch, NASError
 
+
 def test_nb201_space_and_table():
     space = nas.get_space("nb201")
     assert len(space.decisions()) == 6 and space.size() == 15_625

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from nas.sweep import main as sweep_main
+from nas.app.sweep import main as sweep_main
 
 NB201 = ["space=nb201", "evaluator=table", "target=macs", "progress=false"]
 

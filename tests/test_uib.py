@@ -8,8 +8,8 @@ from torch import nn
 
 import nas
 from nas import NASError
-from searchers.tunas import Controller
 from nas.ops import make_divisible
+from searchers.tunas import Controller
 from spaces.uib import block_layers, parse_blocks
 
 
@@ -169,7 +169,7 @@ def tiny_problem(seed=0, cost_model="macs"):
     data = nas.get_dataset("synthetic", n=256, num_classes=4, resolution=16, in_channels=1)
     evaluator = nas.get_evaluator("train", epochs=1, batch_size=64)
     evaluator.bind(space, data)
-    return nas.SearchProblem(space, nas.get_cost_model(cost_model), evaluator, seed=seed, progress=False)
+    return nas.SearchProblem(space, nas.get_cost_model(cost_model), evaluator, seed=seed, show_progress=False)
 
 
 def test_tunas_two_stages_end_to_end_and_seeded():
@@ -199,8 +199,8 @@ def test_tunas_two_stages_end_to_end_and_seeded():
     assert blocks == {k: v for k, v in space.default_arch().items() if k in blocks}
     final = result.best.arch
     assert {k: final[k] for k in shape} == shape  # stage 2 kept the stage-1 shape
-    assert result.n_evals == 1 and result.extras["target_from"] == "median of 200 random archs"
-    assert result.extras["cost_error"] == pytest.approx(result.best.cost / result.extras["target_cost"] - 1)
+    assert result.n_evals == 1 and result.extras["aim_from"] == "median of 200 random archs"
+    assert result.extras["cost_error"] == pytest.approx(result.best.cost / result.extras["aim_cost"] - 1)
     again = nas.run_search(nas.get_searcher("tunas", steps=8, batch_size=16, reward_batch_size=32, warmup=0.5),
                            tiny_problem())
     assert again.best.arch == final and again.extras["stages"][1]["final_probs"] == stage2["final_probs"]
@@ -226,9 +226,9 @@ def test_tunas_errors():
         nas.get_searcher("tunas", beta=0.5)
     with pytest.raises(NASError, match="needs a space with 'supernet'"):
         nas.run_search(nas.get_searcher("tunas"), nas.SearchProblem(
-            nas.get_space("nb201"), nas.get_cost_model("macs"), nas.get_evaluator("table"), progress=False))
-    problem = tiny_problem()
-    problem.evaluator = nas.get_evaluator("table")
+            nas.get_space("nb201"), nas.get_cost_model("macs"), nas.get_evaluator("table"), show_progress=False))
+    space = nas.get_space("uib", resolution=16, in_channels=1, num_classes=4)
+    problem = nas.SearchProblem(space, nas.get_cost_model("macs"), nas.get_evaluator("table"), show_progress=False)
     with pytest.raises(NASError, match="needs a data set"):
         nas.run_search(nas.get_searcher("tunas", steps=2), problem)
     with pytest.raises(NASError, match="uib skeleton 'large' is not one of"):

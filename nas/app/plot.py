@@ -13,8 +13,9 @@ from nas.costs import format_cost  # noqa: E402
 from nas.search import SearchResult  # noqa: E402
 
 
-def _save(fig, path) -> Path:
-    fig.tight_layout()
+def _save(fig, path, layout: bool = True) -> Path:
+    if layout:
+        fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
     plt.close(fig)
@@ -112,9 +113,15 @@ def plot_layer_costs(ops, cost_model, path, cost_label: str, title: str = "") ->
     network order; the whole network's cost (with the model's overhead) in the title."""
     ops = list(ops)
     costs = [cost_model.op_cost(op) for op in ops]
-    fig, ax = plt.subplots(figsize=(6.4, min(20.0, 1.2 + 0.2 * len(ops))), dpi=120)
+    width, height = 6.4, min(20.0, 1.2 + 0.2 * len(ops))
+    fig, ax = plt.subplots(figsize=(width, height), dpi=120)
     ax.barh(range(len(ops)), costs, color="tab:blue")
-    ax.set_yticks(range(len(ops)), [op.name for op in ops], fontsize=6 if len(ops) > 30 else 8)
+    fontsize = 6 if len(ops) > 30 else 8
+    ax.set_yticks(range(len(ops)), [op.name for op in ops], fontsize=fontsize)
+    # margins from the longest layer name, not from tight_layout: laying out a hundred tick
+    # labels draws the whole figure once more, most of the plot's time
+    left = (max(len(op.name) for op in ops) * fontsize * 0.6 + 12) / 72 if ops else 0.5
+    fig.subplots_adjust(left=min(0.6, left / width), right=0.97, top=1 - 0.55 / height, bottom=0.5 / height)
     ax.invert_yaxis()
     unit = cost_model.unit or "cost"
     ax.set_xlabel(f"{cost_label} per layer")
@@ -122,4 +129,4 @@ def plot_layer_costs(ops, cost_model, path, cost_label: str, title: str = "") ->
     ax.set_title((f"{title}\n" if title else "") + f"total {format_cost(total, unit)} (overhead "
                  f"{format_cost(cost_model.overhead(), unit)})", fontsize=9)
     ax.grid(alpha=0.3, axis="x")
-    return _save(fig, path)
+    return _save(fig, path, layout=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 import threading
 import time
@@ -12,9 +11,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nas.data import ImageDataset, Split
-from nas.distributed import World
 from nas.errors import NASError
+from nas.evaluators import TrainingRecipe
+from nas.export import save_atomic
+from nas.training.data import ImageDataset, Split
+from nas.world import World
 
 
 def resolve_device(device: str) -> torch.device:
@@ -39,13 +40,6 @@ def load_batch(data: ImageDataset, idx: torch.Tensor, input_shape, device) -> tu
     that train supernets step on."""
     x, y = data.batch(data.train, idx, input_shape)
     return x.to(device, memory_format=torch.channels_last), y.to(device)
-
-
-def save_atomic(obj, path: Path) -> None:
-    """``torch.save`` through a temporary file, so a kill never leaves a torn checkpoint."""
-    tmp = Path(path).with_suffix(Path(path).suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 #: set by SIGTERM while a checkpointing loop runs: it saves at its next step and stops
@@ -178,20 +172,20 @@ def recalibrate_batchnorm(model: nn.Module, data: ImageDataset, input_shape, bat
         bn.momentum = m
 
 
-def train(model: nn.Module, data: ImageDataset, input_shape, epochs: int, batch_size: int, optimizer: str,
-          lr: float, momentum: float, weight_decay: float, seed: int, device: torch.device,
+def train(model: nn.Module, data: ImageDataset, input_shape, recipe: TrainingRecipe, seed: int, *,
           teacher: nn.Module | None = None, distill_weight: float = 0.0, temperature: float = 1.0) -> dict:
-    """Train ``model`` on ``data.train`` with a cosine learning-rate schedule; report
-    validation accuracy and loss. Deterministic for a given seed on one device.
+    """Train ``model`` on ``data.train`` by ``recipe`` with a cosine learning-rate schedule;
+    report validation accuracy and loss. Deterministic for a given seed on one device.
 
     With a ``teacher``, the loss adds ``distill_weight`` times the KL divergence from the
     teacher's to the model's class distribution at ``temperature`` (times its square, as
     in Hinton et al.): fine-tuning with distillation."""
+    epochs, batch_size, device = recipe.epochs, recipe.batch_size, recipe.device
     if epochs < 0 or batch_size < 1:
         raise NASError(f"training needs epochs >= 0 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}")
     # channels_last: depthwise convolutions train several times faster on CPU in this layout
     model.to(device=device, memory_format=torch.channels_last)
-    opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
+    opt = make_optimizer(recipe.optimizer, model.parameters(), recipe.lr, recipe.momentum, recipe.weight_decay)
     n = len(data.train)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     total = max(1, epochs * steps_per_epoch)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nas.arch import Arch
-from nas.data import ImageDataset, Split
-from nas.distributed import RunningStats, World, sum_gradients
 from nas.errors import NASError
 from nas.ops import build_sequential
-from nas.train import TrainingCheckpoint
+from nas.training.data import ImageDataset, Split
+from nas.training.distributed import RunningStats, sum_gradients
+from nas.training.harness import cosine_lr, set_lr
+from nas.training.train import TrainingCheckpoint, load_batch
+from nas.world import World
 
 
 class LayerwiseNet(nn.Module):
@@ -125,93 +128,128 @@ def hold_out(data: ImageDataset, n: int, seed: int) -> tuple[ImageDataset, Split
     return rest, Split(data.train.x[out], data.train.y[out])
 
 
-def distill(net: LayerwiseNet, options: list[list], data: ImageDataset, input_shape, epochs: int, batch_size: int,
-            lr: float, seed: int, device, max_batches: int | None = None, checkpoint: Path | None = None,
-            every: int = 20, progress: bool = True, on_step=None, world: World = World(),
-            micro_batches: int | None = None) -> dict:
+@dataclass(frozen=True)
+class DistillSettings:
+    """How :func:`distill` trains the candidates: ``epochs`` over the data (at most
+    ``max_batches`` batches each) of inputs shaped ``input_shape``, Adam at ``lr`` with a
+    cosine schedule, batches drawn by ``seed``, on ``device``, each batch cut into
+    ``micro_batches`` (None: one per process); a checkpoint at ``checkpoint`` (None: none)
+    every ``every`` steps; a progress bar when ``show_progress``."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    input_shape: tuple
+    device: object = "cpu"
+    max_batches: int | None = None
+    checkpoint: Path | None = None
+    every: int = 20
+    micro_batches: int | None = None
+    show_progress: bool = True
+
+
+def distill(net: LayerwiseNet, options: list[list], data: ImageDataset, settings: DistillSettings,
+            world: World | None = None, on_step=None) -> dict:
     """Train every candidate in ``options`` (Eq. 2): per batch, the teacher (frozen, eval
     mode) gives each layer's input and output; every candidate of that layer maps the
     input and takes an MSE loss to the output; one Adam step (cosine schedule) over all
-    candidates. Checkpoints (candidates, optimizer, position) go to ``checkpoint`` every
-    ``every`` steps and at the end; a call with the same arguments resumes from there and
-    ends where an uninterrupted run ends. ``on_step(step, mse)`` sees each step's MSE per
-    candidate (``"layer:option"``). Returns the last batch's MSE per candidate.
+    candidates. Checkpoints (candidates, optimizer, position) go to ``settings.checkpoint``
+    every ``settings.every`` steps and at the end; a call with the same arguments resumes
+    from there and ends where an uninterrupted run ends. ``on_step(step, mse)`` sees each
+    step's MSE per candidate (``"layer:option"``). Returns the last batch's MSE per candidate.
 
-    Each batch is cut into ``micro_batches`` slices (default: one per process of
-    ``world``; :mod:`nas.distributed`), each weighted by its share of the batch; under
+    Each batch is cut into ``settings.micro_batches`` slices (default: one per process of
+    ``world``; :mod:`nas.training.distributed`), each weighted by its share of the batch; under
     torchrun the processes share them and add their gradients, and rank 0 alone writes
     the checkpoint. The result equals one process's with the same ``micro_batches``."""
-    if epochs < 1 or batch_size < 2:
-        raise NASError(f"pretraining needs epochs >= 1 and batch_size >= 2, got {epochs}, {batch_size}")
-    n_micro, mine = world.micro_batches(micro_batches, "searcher.micro_batches")
-    if batch_size < 2 * n_micro:
-        raise NASError(f"searcher.batch_size ({batch_size}) must give each of the {n_micro} micro-batches at least "
-                       "2 examples")
+    world = world if world is not None else World()
+    if settings.epochs < 1 or settings.batch_size < 2:
+        raise NASError(f"pretraining needs epochs >= 1 and batch_size >= 2, got {settings.epochs}, "
+                       f"{settings.batch_size}")
+    n_micro, _ = world.micro_batches(settings.micro_batches, "searcher.micro_batches")
+    if settings.batch_size < 2 * n_micro:
+        raise NASError(f"searcher.batch_size ({settings.batch_size}) must give each of the {n_micro} micro-batches "
+                       "at least 2 examples")
     net.add_candidates(options)
     trained = [(i, o) for i, opts in enumerate(options) for o in opts
                if o != net.space.reference_option and any(True for _ in net.module(i, o).parameters())]
-    net.to(device=device, memory_format=torch.channels_last)
+    net.to(device=settings.device, memory_format=torch.channels_last)
     params = [p for i, o in trained for p in net.module(i, o).parameters()]
-    mse = {}
     if not params:
-        return mse
-    opt = torch.optim.Adam(params, lr=lr)
-    n = len(data.train)
-    per_epoch = max(1, n // batch_size)
-    if max_batches is not None:
-        per_epoch = min(per_epoch, int(max_batches))
-    total = epochs * per_epoch
-    identity = {"seed": seed, "candidates": [(i, str(o)) for i, o in trained], "epochs": epochs,
-                "batch_size": batch_size, "lr": lr, "per_epoch": per_epoch, "micro_batches": n_micro}
-    done = 0
-    saver = TrainingCheckpoint(checkpoint, every, identity, world)
-    state = saver.load()
-    if state is not None:
-        net.candidates.load_state_dict(state["candidates"])
-        opt.load_state_dict(state["optimizer"])
-        done, mse = state["step"], state["mse"]
+        return {}
+    return _Distillation(net, trained, data, settings, world, torch.optim.Adam(params, lr=settings.lr)).train(on_step)
 
-    net.teacher.eval()
-    bar = tqdm(total=total, initial=done, desc="pretraining candidates", unit="batch", disable=not progress,
-               dynamic_ncols=True)
-    saver.__enter__()  # SIGTERM: save at the end of the current step, then stop
-    try:
-        for step in range(done, total):
-            epoch, s = divmod(step, per_epoch)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-            batch = torch.tensor_split(perm[s * batch_size:(s + 1) * batch_size], n_micro)
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            opt.zero_grad(set_to_none=True)
-            step_mse = torch.zeros(len(trained), dtype=torch.float64)
-            with RunningStats(net.candidates, world, n_micro) as stats:
-                for p in mine:
-                    x, _ = data.batch(data.train, batch[p], input_shape)
-                    x = x.to(device, memory_format=torch.channels_last)
-                    with torch.no_grad():
-                        acts = net.layer_inputs(x)
-                    losses = [F.mse_loss(net.module(i, o).train()(acts[i]), acts[i + 1]) for i, o in trained]
-                    stacked = torch.stack(losses) * (len(batch[p]) / batch_size)
-                    stacked.sum().backward()
-                    stats.pass_done()
-                    step_mse += stacked.detach().double().cpu()
-            step_mse = sum_gradients(world, [opt], step_mse.tolist())
-            for (i, o), value in zip(trained, step_mse):
-                if not math.isfinite(value):
-                    raise NASError(f"pretraining diverged: candidate {o!r} of layer {i + 1} has loss {value} "
-                                   f"at step {step}; lower searcher.pretrain_lr")
-            opt.step()
-            mse = {f"{i}:{o}": float(v) for (i, o), v in zip(trained, step_mse)}
-            bar.update(1)
-            bar.set_postfix(mean_mse=f"{np.mean(list(mse.values())):.4f}", refresh=False)
-            if on_step is not None:
-                on_step(step, mse)
-            saver.step_done(step, lambda: {"candidates": net.candidates.state_dict(), "optimizer": opt.state_dict(),
-                                           "step": step + 1, "mse": mse}, last=step + 1 == total)
-    finally:
-        saver.__exit__()
-        bar.close()
-    return mse
+
+class _Distillation:
+    """The steps of one :func:`distill` call."""
+
+    def __init__(self, net, trained, data, settings: DistillSettings, world: World, optimizer):
+        self.net, self.trained, self.data, self.settings, self.world = net, trained, data, settings, world
+        self.n_micro, self.mine = world.micro_batches(settings.micro_batches, "searcher.micro_batches")
+        self.opt = optimizer
+        self.per_epoch = max(1, len(data.train) // settings.batch_size)
+        if settings.max_batches is not None:
+            self.per_epoch = min(self.per_epoch, int(settings.max_batches))
+        self.total = settings.epochs * self.per_epoch
+
+    def train(self, on_step) -> dict:
+        st = self.settings
+        identity = {"seed": st.seed, "candidates": [(i, str(o)) for i, o in self.trained], "epochs": st.epochs,
+                    "batch_size": st.batch_size, "lr": st.lr, "per_epoch": self.per_epoch,
+                    "micro_batches": self.n_micro}
+        saver = TrainingCheckpoint(st.checkpoint, st.every, identity, self.world)
+        done, mse = 0, {}
+        state = saver.load()
+        if state is not None:
+            self.net.candidates.load_state_dict(state["candidates"])
+            self.opt.load_state_dict(state["optimizer"])
+            done, mse = state["step"], state["mse"]
+        self.net.teacher.eval()
+        bar = tqdm(total=self.total, initial=done, desc="pretraining candidates", unit="batch",
+                   disable=not st.show_progress, dynamic_ncols=True)
+        saver.__enter__()  # SIGTERM: save at the end of the current step, then stop
+        try:
+            for step in range(done, self.total):
+                mse = self.step(step)
+                bar.update(1)
+                bar.set_postfix(mean_mse=f"{np.mean(list(mse.values())):.4f}", refresh=False)
+                if on_step is not None:
+                    on_step(step, mse)
+                saver.step_done(step, lambda step=step, mse=mse: {
+                    "candidates": self.net.candidates.state_dict(), "optimizer": self.opt.state_dict(),
+                    "step": step + 1, "mse": mse}, last=step + 1 == self.total)
+        finally:
+            saver.__exit__()
+            bar.close()
+        return mse
+
+    def step(self, step: int) -> dict:
+        """One Adam step of every candidate on the step's batch; the MSE per candidate."""
+        st, net = self.settings, self.net
+        epoch, s = divmod(step, self.per_epoch)
+        perm = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(st.seed * 1000 + epoch))
+        batch = torch.tensor_split(perm[s * st.batch_size:(s + 1) * st.batch_size], self.n_micro)
+        set_lr(self.opt, cosine_lr(st.lr, step, self.total))
+        self.opt.zero_grad(set_to_none=True)
+        step_mse = torch.zeros(len(self.trained), dtype=torch.float64)
+        with RunningStats(net.candidates, self.world, self.n_micro) as stats:
+            for p in self.mine:
+                x, _ = load_batch(self.data, batch[p], st.input_shape, st.device)
+                with torch.no_grad():
+                    acts = net.layer_inputs(x)
+                losses = [F.mse_loss(net.module(i, o).train()(acts[i]), acts[i + 1]) for i, o in self.trained]
+                stacked = torch.stack(losses) * (len(batch[p]) / st.batch_size)
+                stacked.sum().backward()
+                stats.pass_done()
+                step_mse += stacked.detach().double().cpu()
+        step_mse = sum_gradients(self.world, [self.opt], step_mse.tolist())
+        for (i, o), value in zip(self.trained, step_mse):
+            if not math.isfinite(value):
+                raise NASError(f"pretraining diverged: candidate {o!r} of layer {i + 1} has loss {value} "
+                               f"at step {step}; lower searcher.pretrain_lr")
+        self.opt.step()
+        return {f"{i}:{o}": float(v) for (i, o), v in zip(self.trained, step_mse)}
 
 
 @torch.no_grad()
