@@ -381,8 +381,8 @@ class ProgressLog:
             pending.append((entry[0], int(step), float(value)))
             entry[2] = float(value)
         self._write(pending)
-        if new:
-            self._label()
+        if new and not isinstance(self.storage, optuna.storages.InMemoryStorage):
+            self._label()  # a dashboard can only show a study it can open
 
     def _write(self, values: list[tuple[int, int, float]]) -> None:
         """Intermediate values ``(trial id, step, value)``: in a database, a snapshot's few

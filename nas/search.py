@@ -156,8 +156,10 @@ class SearchProblem:
 
     def log_progress(self, step: int, values: dict[str, float]) -> None:
         """Record named scalars of the searcher's state at ``step`` (e.g. controller
-        probabilities, alphas, losses), beside the ledger as ``<run>:progress``."""
-        self.progress_log.log(step, values)
+        probabilities, alphas, losses), beside the ledger as ``<run>:progress``. Under
+        torchrun rank 0 alone logs: the others' ledgers are in memory and read by no one."""
+        if self.world.is_main:
+            self.progress_log.log(step, values)
 
     # ---------------------------------------------------------------- budget
     def cost(self, arch: Arch) -> float:

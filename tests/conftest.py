@@ -11,6 +11,14 @@ SHARED = ROOT.parent / "shared"
 # Keep tests fast and deterministic on a 2-core machine.
 torch.set_num_threads(1)
 
+#: modules whose tests each run the CLI several times (reference, killed, resumed, torchrun):
+#: run first, so that two workers end on short tests rather than one on a long one
+LONG_FIRST = ("test_resume.py", "test_distributed.py", "test_shared.py", "test_machine_luts.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in LONG_FIRST)  # stable: the order is kept otherwise
+
 
 @pytest.fixture(scope="session", autouse=True)
 def lut_folder(tmp_path_factory):
