@@ -9,6 +9,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from nas.arch import Arch
@@ -30,7 +31,7 @@ class Score:
 class TrainingRecipe:
     """How a run trains a network from scratch (the ``train`` evaluator's settings):
     searchers that train networks of their own (a teacher, a fine-tuned result) use the
-    same. ``device`` is resolved (``"cpu"``, ``"cuda"``), never ``"auto"``."""
+    same. ``device`` is a resolved ``torch.device``, never ``"auto"``."""
 
     epochs: int
     batch_size: int
@@ -38,7 +39,7 @@ class TrainingRecipe:
     lr: float
     momentum: float
     weight_decay: float
-    device: str
+    device: torch.device
 
 
 class Evaluator(abc.ABC):

@@ -136,12 +136,12 @@ class SearchProblem:
                            "(use evaluator=train)")
         return self.data, self.recipe
 
-    def checkpoint_path(self, folder: str, file: str = "state.pt"):
-        """Where a searcher keeps its checkpoint ``file`` (under ``work_dir/folder``), or None
-        when the search keeps no checkpoints."""
+    def checkpoint_folder(self, name: str):
+        """The folder ``work_dir/name`` where a searcher keeps its checkpoints, or None when
+        the search keeps none (no ``work_dir``)."""
         from pathlib import Path
 
-        return Path(self.work_dir) / folder / file if self.work_dir is not None else None
+        return Path(self.work_dir) / name if self.work_dir is not None else None
 
     def with_budget(self, budget: float) -> "SearchProblem":
         """This problem under ``budget`` (a searcher's own default, :meth:`Searcher.default_budget`);

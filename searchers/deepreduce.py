@@ -27,8 +27,6 @@ critical stage. The space needs the ``relu_stages`` capability (``spaces/relu_re
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from nas import NASError, Searcher, register_searcher
 from nas.costs import format_cost
 from nas.training.evaluator import TrainEvaluator
@@ -87,7 +85,8 @@ class DeepReDuce(Searcher):
 
         from nas.export import save_atomic
 
-        path = Path(problem.work_dir) / "deepreduce" / "teacher.pt" if problem.work_dir is not None else None
+        folder = problem.checkpoint_folder("deepreduce")
+        path = folder / "teacher.pt" if folder is not None else None
         trained = {}
 
         def train_base(space, arch):

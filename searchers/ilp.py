@@ -538,7 +538,7 @@ class HANTRun:
         self.problem, self.data, self.searcher = problem, data, searcher
         self.device = search_device(searcher.device, recipe)
         self.recipe = dataclasses.replace(recipe, device=self.device)
-        self.work = problem.checkpoint_path("hant", "")
+        self.work = problem.checkpoint_folder("hant")
         if self.work is not None and problem.world.is_main:
             self.work.mkdir(parents=True, exist_ok=True)
         self.net = None

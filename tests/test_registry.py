@@ -80,14 +80,12 @@ def test_custom_space_plugs_into_search():
 
 
 def _cli_node(group, option):
-    from nas.app.run import compose_checked, register_config_nodes, register_resolvers
-
-    register_resolvers()
-    register_config_nodes()
     from omegaconf import OmegaConf
 
+    from nas.app.run import compose_checked
+
     cfg = compose_checked([f"{group}={option}"] + (["evaluator=table", "space=nb201"] if group == "searcher" else []))
-    node = OmegaConf.to_container(cfg, resolve=True)[group] if not isinstance(cfg, dict) else dict(cfg[group])
+    node = OmegaConf.to_container(cfg, resolve=True)[group]
     node.pop("name")
     return node
 
@@ -97,8 +95,11 @@ def test_the_cli_and_the_library_give_the_same_defaults(group):
     """One source of defaults: every plug-in made from its CLI config node equals the one
     ``nas.get_*`` makes with no arguments (a space's data fields, null on the command line
     until the data set fills them, and an evaluator's seed, the run's, aside)."""
+    from nas.app.run import register_config_nodes, register_resolvers
     from nas.registry import DATASETS, EVALUATORS, SEARCHERS, SPACES, config_fields
 
+    register_resolvers()
+    register_config_nodes()
     registry = {"space": SPACES, "searcher": SEARCHERS, "evaluator": EVALUATORS, "data": DATASETS}[group]
     for name in registry.names():
         node, defaults = _cli_node(group, name), config_fields(registry.get(name))

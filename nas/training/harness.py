@@ -64,8 +64,9 @@ class WeightTraining:
         if short:
             raise NASError(f"searcher.{'; '.join(short)}")
         settings = {k: v for k, v in vars(searcher).items() if k not in NOT_IDENTITY}
+        folder = problem.checkpoint_folder(searcher.name)
         self.checkpoint = TrainingCheckpoint(
-            problem.checkpoint_path(searcher.name), searcher.checkpoint_every,
+            folder / "state.pt" if folder is not None else None, searcher.checkpoint_every,
             {"searcher": {**settings, "micro_batches": self.n_micro}, "seed": problem.seed, **identity}, self.world)
         self.name = searcher.name
 

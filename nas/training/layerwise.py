@@ -167,7 +167,7 @@ def distill(net: LayerwiseNet, options: list[list], data: ImageDataset, settings
     if settings.epochs < 1 or settings.batch_size < 2:
         raise NASError(f"pretraining needs epochs >= 1 and batch_size >= 2, got {settings.epochs}, "
                        f"{settings.batch_size}")
-    n_micro, _ = world.micro_batches(settings.micro_batches, "searcher.micro_batches")
+    micro = n_micro, _ = world.micro_batches(settings.micro_batches, "searcher.micro_batches")
     if settings.batch_size < 2 * n_micro:
         raise NASError(f"searcher.batch_size ({settings.batch_size}) must give each of the {n_micro} micro-batches "
                        "at least 2 examples")
@@ -178,15 +178,16 @@ def distill(net: LayerwiseNet, options: list[list], data: ImageDataset, settings
     params = [p for i, o in trained for p in net.module(i, o).parameters()]
     if not params:
         return {}
-    return _Distillation(net, trained, data, settings, world, torch.optim.Adam(params, lr=settings.lr)).train(on_step)
+    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    return _Distillation(net, trained, data, settings, world, micro, optimizer).train(on_step)
 
 
 class _Distillation:
     """The steps of one :func:`distill` call."""
 
-    def __init__(self, net, trained, data, settings: DistillSettings, world: World, optimizer):
+    def __init__(self, net, trained, data, settings: DistillSettings, world: World, micro: tuple, optimizer):
         self.net, self.trained, self.data, self.settings, self.world = net, trained, data, settings, world
-        self.n_micro, self.mine = world.micro_batches(settings.micro_batches, "searcher.micro_batches")
+        self.n_micro, self.mine = micro  # how many micro-batches a step has, and this process's
         self.opt = optimizer
         self.per_epoch = max(1, len(data.train) // settings.batch_size)
         if settings.max_batches is not None:
