@@ -36,8 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import pulp
-import scipy.optimize
-import scipy.sparse
 import torch
 
 from nas import NASError, Score, Searcher, register_searcher
@@ -140,6 +138,10 @@ def _undominated(inst: Instance, previous: list[np.ndarray]) -> np.ndarray:
 def _lp(inst: Instance, budget: float, previous: list[np.ndarray], overlap: int, allowed: np.ndarray):
     """LP relaxation over the ``allowed`` variables: (bound, reduced costs), or None when
     infeasible."""
+    # imported here: scipy.optimize takes a third of a second, and every command loads this plug-in
+    import scipy.optimize
+    import scipy.sparse
+
     n, n_layers = len(inst.a), inst.n_layers
     a_eq = scipy.sparse.csr_matrix((np.ones(n), (inst.layer_of, np.arange(n))), shape=(n_layers, n))
     rows = [inst.b[None, :]]

@@ -13,8 +13,8 @@ from nas import Decision, NASError, OpSpec, Space
 from nas.latency import HarnessSettings, Timing, measure, measure_interleaved
 from nas.lut import LUTCost, LUTFile, build_lut, machine_lut_path, validation_metrics
 
-#: latencies are measured here: run alone, not beside other tests (README: the serial part)
-pytestmark = pytest.mark.serial
+#: tests that compare measured latencies run alone, not beside other tests (README: the serial part)
+serial = pytest.mark.serial
 
 FAST = HarnessSettings(warmup=1, rounds=2, min_run_time=0.005)
 
@@ -40,6 +40,7 @@ class TwoConvs(Space):
         return nn.Sequential(*(op.build() for op in self.ops(arch)))
 
 
+@serial
 def test_slow_op_measures_slower_than_fast_op():
     slow = measure(nn.Conv2d(32, 32, 3, padding=1), (32, 32, 32), FAST)
     fast = measure(nn.Conv2d(4, 4, 1), (4, 4, 4), FAST)
@@ -62,6 +63,7 @@ def test_interleaved_rounds_resume_and_report_every_timing():
     assert Timing.from_dict(t.to_dict()) == t
 
 
+@serial
 def test_onnxruntime_backend_times_the_exported_module(tmp_path):
     pytest.importorskip("onnxruntime")
     ort = HarnessSettings(warmup=1, rounds=2, min_run_time=0.005, backend="onnxruntime")

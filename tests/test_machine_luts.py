@@ -84,7 +84,6 @@ def another_machines(path):
 # ---------------------------------------------------------------------------- on demand, cache
 
 
-@serial
 def test_lut_is_built_on_demand_into_the_lut_folder_and_reused(tmp_path, monkeypatch, capsys):
     space = Ladder()
     monkeypatch.setenv(lut_mod.LUT_DIR_ENV, str(tmp_path / "cache"))
@@ -123,7 +122,6 @@ def test_lut_is_built_on_demand_into_the_lut_folder_and_reused(tmp_path, monkeyp
     assert elsewhere.path.parent == tmp_path / "mine" / "cpu" / space.name and elsewhere.lut.mode == "fast"
 
 
-@serial
 def test_an_interrupted_build_is_resumed_by_the_next_run(tmp_path, monkeypatch, capsys):
     space = Ladder()
     monkeypatch.setattr(lut_mod, "FAST_TIMING", {"rounds": 1, "min_run_time": 0.002})
@@ -183,7 +181,6 @@ def test_another_machines_lut_is_used_only_on_purpose_and_labelled(tmp_path, cap
         missing.op_cost(gone)
 
 
-@serial
 def test_latency_report_measures_here_and_says_whose_the_lut_is(tmp_path):
     space = Ladder()
     lut = build_lut(space, "cpu", FAST, tmp_path, overhead_models=3, progress=False)

@@ -298,17 +298,25 @@ def make_components(cfg: dict, need=("searcher", "evaluator", "space", "cost_mod
     space = nas.get_space(cfg["space"]["name"], **space_cfg)
     out.update(space=space, data=data, evaluator=evaluator)
     if "cost_model" in need:
-        target = cfg["target"]
-        if "cost_model" not in target:
-            raise NASError(f"target {target['name']!r} must name a cost_model ({one_of(COST_MODELS.names())})")
-        options = dict(target.get("options") or {})
-        model_fields = config_fields(COST_MODELS.get(target["cost_model"]))
-        if "space" in model_fields and options.get("space") is None:
-            options["space"] = space  # a measured LUT is per space and configuration
-        if "progress" in model_fields:
-            options.setdefault("progress", bool(cfg.get("progress", True)))  # e.g. building a LUT
-        out["cost_model"] = nas.get_cost_model(target["cost_model"], **options)
+        out["cost_model"] = make_cost_model(cfg, space)
     return out
+
+
+def make_cost_model(cfg: dict, space):
+    """The target's cost model for ``space`` (a measured LUT may be built here, which takes
+    minutes: callers check everything else first)."""
+    import nas
+
+    target = cfg["target"]
+    if "cost_model" not in target:
+        raise NASError(f"target {target['name']!r} must name a cost_model ({one_of(COST_MODELS.names())})")
+    options = dict(target.get("options") or {})
+    model_fields = config_fields(COST_MODELS.get(target["cost_model"]))
+    if "space" in model_fields and options.get("space") is None:
+        options["space"] = space  # a measured LUT is per space and configuration
+    if "progress" in model_fields:
+        options.setdefault("progress", bool(cfg.get("progress", True)))  # e.g. building a LUT
+    return nas.get_cost_model(target["cost_model"], **options)
 
 
 def execute(cfg: dict):
@@ -318,9 +326,8 @@ def execute(cfg: dict):
     from nas.search import check_budget, check_distributed
 
     world = processes.world()  # under torchrun: joins the other processes
-    parts = make_components(cfg)
+    parts = make_components(cfg, need=("searcher", "evaluator", "space"))
     searcher, evaluator, space, data = parts["searcher"], parts["evaluator"], parts["space"], parts["data"]
-    cost_model = parts["cost_model"]
     one_arch = bool(cfg.get("arch") or cfg.get("decisions"))  # one evaluation, no searcher runs
     if world.size > 1 and one_arch:
         raise NASError("arch= and decisions= evaluate one architecture in one process; run them without torchrun")
@@ -328,6 +335,7 @@ def execute(cfg: dict):
         searcher.check(space)  # before the run directory is made (run_search checks again for library callers)
         check_distributed(searcher, world)
     evaluator.bind(space, data)
+    cost_model = make_cost_model(cfg, space)  # last: building this machine's LUT takes minutes
     check_budget(space, cost_model, cfg.get("budget"))  # before the run folder is made
 
     run_dir = Path(cfg["output_dir"]) / cfg["run_name"]
