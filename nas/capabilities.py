@@ -17,7 +17,9 @@ class Tabular(Protocol):
     """``table``: a tabular benchmark (``nb201``)."""
 
     def benchmark_table(self, path: str | None = None):
-        """A :class:`nas.evaluators.BenchmarkTable`: the space's own, or one read from ``path``."""
+        """A :class:`nas.evaluators.BenchmarkTable`: the space's own, or one read from ``path``
+        (``column``, ``key_column`` and ``scale`` keywords, where the space takes them, choose
+        another column: the ``table`` evaluator passes them when the run gives them)."""
 
     def table_key(self, arch) -> str:
         """The key of ``arch`` in that table."""

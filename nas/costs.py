@@ -33,10 +33,27 @@ def format_cost(value: float, unit: str | None) -> str:
 
 
 class CostModel(abc.ABC):
-    """Prices OpSpecs. ``unit`` names what the number counts (for tables and plots)."""
+    """Prices architectures, usually as the sum of their layers' OpSpecs. ``unit`` names what
+    the number counts (for tables and plots).
+
+    Every budget, front and ledger entry uses :meth:`arch_cost`. An *additive* model (the
+    default) prices layers: ``arch_cost`` is the sum of ``op_cost`` over the arch's OpSpecs
+    plus ``overhead()``, which searchers that price layers (the ILP, differentiable
+    relaxations) rely on. :class:`WholeArchCostModel` prices whole architectures instead."""
 
     name: str = ""
     unit: str = ""
+    #: whether an arch's cost is the sum of its layers' op_cost plus overhead()
+    additive: bool = True
+
+    def arch_cost(self, space, arch) -> float:
+        """The cost of ``arch``, an architecture of ``space``."""
+        return self.cost(space.ops(arch))
+
+    def min_cost(self, space) -> tuple:
+        """``(cost, arch, exact)`` of the cheapest architecture of ``space``: the space's
+        own minimum (exact where its costs separate over its choices, or it enumerates)."""
+        return space.min_cost(self)
 
     @abc.abstractmethod
     def op_cost(self, op: OpSpec) -> float:
@@ -61,6 +78,99 @@ class CostModel(abc.ABC):
         """Where the costs come from, when a reader must know it to trust them (a measured
         LUT says whose machine measured it); empty for analytic models."""
         return ""
+
+
+class WholeArchCostModel(CostModel):
+    """A cost model that prices whole architectures (a table of measured networks, a timing
+    of each candidate), not layers: subclasses implement :meth:`arch_cost`. Searchers that
+    price layers refuse it (``Searcher.needs_layer_costs``)."""
+
+    additive = False
+
+    def _no_layers(self):
+        return NASError(f"cost model {self.name!r} prices whole architectures, not layers: use an additive one "
+                        "(a LUT target, macs, params, ...) where layer costs are needed")
+
+    def op_cost(self, op):
+        raise self._no_layers()
+
+    def cost(self, ops):
+        raise self._no_layers()
+
+    @abc.abstractmethod
+    def arch_cost(self, space, arch) -> float:
+        """The cost of ``arch``, an architecture of ``space``."""
+
+    def min_cost(self, space) -> tuple:
+        # Space.min_cost's own rule (enumerate a small space, else the cheapest of the
+        # extremes and samples), not a space's override, which may assume additive costs.
+        from nas.space import Space
+
+        return Space.min_cost(space, self)
+
+
+def table_key(space, arch) -> str:
+    """The key of ``arch`` in a table of architectures: the space's table key where it has
+    one (a NAS-Bench-201 arch string), else the Arch's canonical JSON."""
+    return space.table_key(arch) if callable(getattr(space, "table_key", None)) else arch.canonical_json()
+
+
+def arch_from_key(space, key: str):
+    """The architecture of ``space`` a table key names (NASError when it names none)."""
+    from nas.arch import Arch
+
+    if callable(getattr(space, "arch_from_table_key", None)):
+        return space.arch_from_table_key(key)
+    return space.validate(Arch.from_json(key))
+
+
+@register_cost_model("table")
+class TableCost(WholeArchCostModel):
+    """Measured costs of whole architectures, read from a CSV file (optionally gzipped):
+    one row per architecture, its key in ``key_column`` (the space's table key where it has
+    one, e.g. a NAS-Bench-201 arch string; else the Arch's canonical JSON), its cost in
+    ``column`` times ``scale``, in ``unit``. An architecture without a row cannot be
+    priced (one-line error naming it); the cheapest is the cheapest row of the space."""
+
+    def __init__(self, path: str | None = None, column: str | None = None, key_column: str = "arch",
+                 unit: str = "", scale: float = 1.0):
+        from nas.evaluators import BenchmarkTable
+
+        if not path or not column:
+            raise NASError("cost model 'table' needs path=FILE (a CSV with one measured cost per architecture) and "
+                           "column=NAME (the column that holds the cost); key_column names the architectures' column "
+                           "(default 'arch')")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise NASError(f"cost model 'table': scale must be a number > 0, got {scale!r}")
+        self.table = BenchmarkTable.from_csv(path, key_column, column, float(scale))
+        self.path, self.column, self.key_column, self.unit = str(path), column, key_column, unit or ""
+
+    def arch_cost(self, space, arch) -> float:
+        key = table_key(space, arch)
+        try:
+            return self.table.rows[key]
+        except KeyError:
+            raise NASError(f"cost table {self.path!r} has no row for {key!r} in column {self.key_column!r}; "
+                           "every architecture the search may propose needs one") from None
+
+    def min_cost(self, space) -> tuple:
+        best = None
+        for key, value in self.table.rows.items():
+            if best is not None and value >= best[0]:
+                continue
+            try:
+                arch = arch_from_key(space, key)
+            except NASError:
+                continue  # a row of another space or configuration
+            best = (value, arch)
+        if best is None:
+            raise NASError(f"cost table {self.path!r} has no row for an architecture of space {space.name!r}")
+        return best[0], best[1], True  # only rows can be priced: the cheapest row is the cheapest arch
+
+    def provenance(self, short: bool = False) -> str:
+        from pathlib import Path
+
+        return f"from {Path(self.path).name if short else self.path}, column {self.column}"
 
 
 @register_cost_model("macs")

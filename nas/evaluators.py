@@ -118,16 +118,24 @@ class BenchmarkTable:
 
 @register_evaluator("table")
 class TableEvaluator(Evaluator):
-    """Looks an Arch up in its space's benchmark table (or a CSV given by ``path``)."""
+    """Looks an Arch up in its space's benchmark table, or in a CSV given by ``path``;
+    ``column`` (and ``key_column``, ``scale``) read another column than the space's
+    default (null: the space's own; nb201: ``arch``, ``cifar10_test_acc`` in percent)."""
 
-    def __init__(self, path: str | None = None):
-        self.path = path
+    def __init__(self, path: str | None = None, column: str | None = None, key_column: str | None = None,
+                 scale: float | None = None):
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+            raise NASError(f"evaluator 'table': scale must be a number > 0, got {scale!r}")
+        self.path, self.column, self.key_column, self.scale = path, column, key_column, scale
         self.table = None
 
     def bind(self, space, data=None):
         super().bind(space, data)
         space.require("table", "evaluator 'table'")
-        self.table = space.benchmark_table(self.path)
+        # only the options given: a space written before they existed still takes ``path``
+        given = {k: v for k, v in (("column", self.column), ("key_column", self.key_column), ("scale", self.scale))
+                 if v is not None}
+        self.table = space.benchmark_table(self.path, **given)
         self.metric = self.table.metric
 
     def evaluate(self, space, arch):

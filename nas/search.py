@@ -33,7 +33,7 @@ def check_budget(space: Space, cost_model: CostModel, budget: float | None) -> N
         return
     known = _MIN_COSTS.setdefault(space, weakref.WeakKeyDictionary())
     if cost_model not in known:
-        cheapest, _, exact = space.min_cost(cost_model)
+        cheapest, _, exact = cost_model.min_cost(space)
         known[cost_model] = (cheapest, exact)
     cheapest, exact = known[cost_model]
     if cheapest > budget:
@@ -163,7 +163,7 @@ class SearchProblem:
 
     # ---------------------------------------------------------------- budget
     def cost(self, arch: Arch) -> float:
-        return self.cost_model.cost(self.space.ops(arch))
+        return self.cost_model.arch_cost(self.space, arch)
 
     def within_budget(self, cost: float) -> bool:
         return self.budget is None or cost <= self.budget
@@ -253,7 +253,7 @@ class SearchProblem:
             return None
         trial_id = claim
         ops = self.space.ops(arch)
-        cost = self.cost_model.cost(ops)
+        cost = self.cost(arch)
         try:
             with beating(self.ledger, trial_id):  # lets workers on other hosts see this one is alive
                 score = (scorer or self.evaluator.evaluate)(self.space, arch)
@@ -301,10 +301,20 @@ class Searcher(abc.ABC):
     #: whether it runs under torchrun: its training is shared by the processes, and
     #: :meth:`search` returns None on all but rank 0
     distributed: bool = False
+    #: whether it prices layers (op_cost), so needs an additive cost model
+    needs_layer_costs: bool = False
 
     def check(self, space: Space) -> None:
         for capability in self.requires:
             space.require(capability, f"searcher {self.name!r}")
+
+    def check_cost_model(self, cost_model: CostModel) -> None:
+        """NASError when this searcher prices layers and ``cost_model`` prices only whole
+        architectures."""
+        if self.needs_layer_costs and not cost_model.additive:
+            raise NASError(f"searcher {self.name!r} prices layers, and cost model {cost_model.name!r} prices whole "
+                           "architectures only; use a target whose costs add over layers (a LUT, macs, params, ...) "
+                           "or a searcher that prices whole architectures (random, optuna, tunas)")
 
     def default_budget(self, space: Space, cost_model: CostModel) -> float | None:
         """The budget this searcher works to when the run gives none (None: no budget);
@@ -327,6 +337,7 @@ def check_distributed(searcher: Searcher, world: World) -> None:
 def run_search(searcher: Searcher, problem: SearchProblem) -> SearchResult:
     """Check compatibility and the budget, run the searcher, close the ledger's loose ends."""
     searcher.check(problem.space)
+    searcher.check_cost_model(problem.cost_model)
     check_distributed(searcher, problem.world)
     if problem.budget is None:
         budget = searcher.default_budget(problem.space, problem.cost_model)

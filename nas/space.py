@@ -278,7 +278,7 @@ class Space(abc.ABC):
                 self.check(arch)
             except NASError:
                 continue
-            c = cost_model.cost(self.ops(arch))
+            c = cost_model.arch_cost(self, arch)
             if best is None or c < best[0]:
                 best = (c, arch)
         if best is None:

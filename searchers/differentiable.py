@@ -51,6 +51,7 @@ class Differentiable(Searcher):
     train the base from scratch; ``snapshots``: trajectory points recorded."""
 
     requires = ("relaxed",)
+    needs_layer_costs = True  # the relaxation's expected cost sums layer costs
     distributed = True
     signed_fields = ("alpha_init",)  # a PReLU slope starts anywhere
 

@@ -282,6 +282,7 @@ class ILPSearch(Searcher):
     """
 
     requires = ("layerwise",)
+    needs_layer_costs = True  # the ILP sums each layer's cost
     distributed = True  # pretraining (step 2) is shared by torchrun's processes
 
     def __init__(self, k: int = 10, overlap: int | None = None, solver: str = "auto", gap: float = 1e-3,

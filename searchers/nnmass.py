@@ -107,7 +107,7 @@ class NNMassSearch(Searcher):
             counts = Counter(ops)
             rows.append({"arch": arch, "macs": sum(op.macs() * n for op, n in counts.items()),
                          "params": sum(op.num_params() * n for op, n in counts.items()),
-                         "cost": cost_model.cost(ops), "nn_mass": nn_mass(space.block_topologies(arch))})
+                         "cost": cost_model.arch_cost(space, arch), "nn_mass": nn_mass(space.block_topologies(arch))})
         return rows
 
     def matches(self, rows: list[dict], budget: dict) -> list[dict]:

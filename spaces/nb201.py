@@ -94,15 +94,19 @@ class NB201Network(nn.Module):
         return x
 
 
+#: the shipped table's columns; NAS-Bench-201 reports accuracies in percent
+TABLE_KEY_COLUMN, TABLE_COLUMN, TABLE_SCALE = "arch", "cifar10_test_acc", 0.01
+
+
 @lru_cache(maxsize=None)
-def _load_table(path: str | None) -> BenchmarkTable:
+def _load_table(path: str | None, key_column: str, column: str, scale: float) -> BenchmarkTable:
     if path is None:
         ref = resources.files("spaces") / "data" / "nb201_cifar10.csv.gz"
         with resources.as_file(ref) as file:
-            table = BenchmarkTable.from_csv(file, "arch", "cifar10_test_acc", scale=0.01)
+            table = BenchmarkTable.from_csv(file, key_column, column, scale=scale)
     else:
-        table = BenchmarkTable.from_csv(path, "arch", "cifar10_test_acc", scale=0.01)
-    table.metric = "accuracy"
+        table = BenchmarkTable.from_csv(path, key_column, column, scale=scale)
+    table.metric = "accuracy" if column == TABLE_COLUMN else column
     return table
 
 
@@ -152,10 +156,12 @@ class NB201Space(Space):
             raise NASError(f"{key!r} is not a NAS-Bench-201 arch string like '|op~0|+|op~0|op~1|+|...|'") from None
         return self.validate(Arch(values))
 
-    def benchmark_table(self, path=None):
+    def benchmark_table(self, path=None, column=TABLE_COLUMN, key_column=TABLE_KEY_COLUMN, scale=TABLE_SCALE):
+        """The CIFAR-10 table shipped with the package, or the CSV at ``path``; ``column``
+        another of its columns (accuracies in percent: ``scale`` 0.01 makes them fractions)."""
         if (self.channels, self.cells_per_stage) != (16, 5):
             raise NASError("the NAS-Bench-201 table holds networks with channels=16 and cells_per_stage=5 only")
-        return _load_table(None if path is None else str(path))
+        return _load_table(None if path is None else str(path), key_column, column, float(scale))
 
     def _layout(self, arch: Arch):
         """(name, OpSpec or dict of edge OpSpecs) for each layer, in order."""

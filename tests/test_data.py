@@ -72,3 +72,133 @@ def test_train_evaluator_config_errors():
         nas.get_evaluator("train", optimizer="lbfgs")
     with pytest.raises(NASError, match="epochs must be >= 1"):
         nas.get_evaluator("train", epochs=0)
+
+
+# ---------------------------------------------------------------------------- image folders, torch Datasets
+
+def write_image_folder(root, classes=3, per_class=8, size=12, mode="RGB", split=False, seed=0):
+    """PNG files in class folders (``root/<class>/`` or ``root/train|val/<class>/``): each
+    class a colour (or grey level) plus noise, so that a small network can tell them apart."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        for i in range(per_class):
+            folder = root / (("val" if i % 4 == 0 else "train") if split else "") / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            base = np.full((size, size, 3), 40 + 80 * c, dtype=np.float64)
+            base[..., c % 3] += 60
+            pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels, "RGB")
+            (image.convert("L") if mode == "L" else image).save(folder / f"{i}.png")
+
+
+def test_imagefolder_reads_class_folders_in_memory_or_from_disk(tmp_path):
+    write_image_folder(tmp_path / "flat", per_class=10)
+    data = nas.get_dataset("imagefolder", path=str(tmp_path / "flat"), split_seed=1)
+    assert (data.num_classes, data.in_channels, data.resolution) == (3, 3, 12)
+    assert len(data.train) + len(data.val) == 30 and len(data.val) == 6
+    assert isinstance(data.train.x, torch.Tensor)  # small: decoded once, held in memory
+    streamed = nas.get_dataset("imagefolder", path=str(tmp_path / "flat"), split_seed=1, memory_limit_mb=0)
+    from nas.training.data import LazyImages
+
+    assert isinstance(streamed.train.x, LazyImages)  # read from disk per batch
+    idx = torch.tensor([0, 5, 7])
+    for split in ("train", "val"):
+        a, b = getattr(data, split), getattr(streamed, split)
+        assert torch.equal(a.y, b.y) and torch.equal(a.x[idx if split == "train" else idx[:2]],
+                                                    b.x[idx if split == "train" else idx[:2]])
+    xa, ya = data.batch(data.train, idx, (3, 16, 16))
+    xb, yb = streamed.batch(streamed.train, idx, (3, 16, 16))
+    assert xa.shape == (3, 3, 16, 16) and torch.allclose(xa, xb) and torch.equal(ya, yb)
+    # HANT's held-out examples stay lazy
+    from nas.training.layerwise import hold_out
+
+    rest, held = hold_out(streamed, 4, seed=0)
+    assert isinstance(held.x, LazyImages) and len(held) == 4 and len(rest.train) == len(streamed.train) - 4
+    # train/ and val/ folders are used as given; grey images stay one channel; a resolution resizes
+    write_image_folder(tmp_path / "split", split=True, mode="L", size=10)
+    given = nas.get_dataset("imagefolder", path=str(tmp_path / "split"), resolution=8)
+    assert (len(given.train), len(given.val), given.in_channels, given.resolution) == (18, 6, 1, 8)
+
+
+def test_imagefolder_errors(tmp_path):
+    with pytest.raises(NASError, match="imagefolder needs data.path"):
+        nas.get_dataset("imagefolder")
+    with pytest.raises(NASError, match="does not exist or is not a folder"):
+        nas.get_dataset("imagefolder", path=str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NASError, match="holds no class folders"):
+        nas.get_dataset("imagefolder", path=str(tmp_path / "empty"))
+    write_image_folder(tmp_path / "bad", classes=2, per_class=4)
+    (tmp_path / "bad" / "class_1" / "9.png").write_bytes(b"not a png")
+    for limit in (1024, 0):  # decoded at once, or read while sampling the normalisation statistics
+        with pytest.raises(NASError, match=r"image .*9.png' cannot be read \(UnidentifiedImageError"):
+            nas.get_dataset("imagefolder", path=str(tmp_path / "bad"), memory_limit_mb=limit)
+    write_image_folder(tmp_path / "extra", classes=2, per_class=4, split=True)
+    (tmp_path / "extra" / "val" / "class_9").mkdir()
+    (tmp_path / "extra" / "val" / "class_9" / "0.png").write_bytes((tmp_path / "extra" / "val" / "class_1" / "0.png").read_bytes())
+    with pytest.raises(NASError, match="has classes the training folder lacks: class_9"):
+        nas.get_dataset("imagefolder", path=str(tmp_path / "extra"))
+
+
+class Patterns(torch.utils.data.Dataset):
+    """A user's own Dataset: (C, H, W) uint8 tensors and integer labels, no ``targets``."""
+
+    def __init__(self, n, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % 3
+        self.images = (self.labels[:, None, None, None] * 80 + torch.randint(0, 40, (n, 3, 8, 8), generator=g))
+        self.images = self.images.to(torch.uint8)
+        self.reads = 0
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.images[i], int(self.labels[i])
+
+
+def test_a_torch_dataset_or_a_pair_searches_from_python():
+    from nas.training.data import LazyImages, as_image_dataset
+
+    whole = Patterns(48)
+    data = as_image_dataset(whole, split_seed=0)
+    assert isinstance(data.train.x, LazyImages) and (data.num_classes, data.in_channels, data.resolution) == (3, 3, 8)
+    assert len(data.train) + len(data.val) == 48 and data.scale == pytest.approx(1 / 255)
+    reads = whole.reads
+    x, y = data.batch(data.train, torch.tensor([0, 1]))
+    assert whole.reads == reads + 2 and x.dtype == torch.float32 and y.tolist() == data.train.y[:2].tolist()
+    space = nas.get_space("mbconv", resolution=8, num_classes=3, in_channels=3)
+    searcher = nas.get_searcher("random", n_evals=2)
+    evaluator = nas.get_evaluator("train", epochs=1, batch_size=16)
+    result = nas.search(space, searcher, evaluator=evaluator, data=whole, seed=0)
+    again = nas.search(space, nas.get_searcher("random", n_evals=2), evaluator=nas.get_evaluator(
+        "train", epochs=1, batch_size=16), data=whole, seed=0)
+    assert result.n_evals == 2 and 0 <= result.best.quality <= 1
+    assert [e.quality for e in result.history] == [e.quality for e in again.history]  # same seed, same result
+    pair = nas.search(space, nas.get_searcher("random", n_evals=1), evaluator=nas.get_evaluator(
+        "train", epochs=1, batch_size=16), data=(Patterns(32, seed=1), Patterns(12, seed=2)))
+    assert pair.n_evals == 1
+    with pytest.raises(NASError, match="data must be a data set's name, an ImageDataset, a torch.utils.data.Dataset"):
+        as_image_dataset([1, 2, 3])
+
+
+def test_cli_search_on_an_image_folder(tmp_path, cli_env):
+    from conftest import run_cli
+
+    write_image_folder(tmp_path / "images", classes=3, per_class=12, size=10, split=True)
+    out = run_cli(["data=imagefolder", f"data.path={tmp_path / 'images'}", "space=mbconv", "searcher=random",
+                   "searcher.n_evals=2", "evaluator.epochs=1", "target=macs", "progress=false", "run_name=f"],
+                  tmp_path, cli_env)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    result = json.loads((tmp_path / "runs" / "f" / "result.json").read_text())
+    assert result["n_evals"] == 2 and 0 <= result["best"]["quality"] <= 1
+    saved = nas.load(tmp_path / "runs" / "f")  # the space took resolution, channels and classes from the images
+    assert (saved.space.resolution, saved.space.in_channels, saved.space.num_classes) == (10, 3, 3)
+    assert saved.model(torch.zeros(1, 3, 10, 10)).shape == (1, 3)
+    bad = run_cli(["data=imagefolder", "space=mbconv", "searcher=random", "run_name=g"], tmp_path, cli_env)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "imagefolder needs data.path" in bad.stderr

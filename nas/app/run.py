@@ -336,6 +336,8 @@ def execute(cfg: dict):
         check_distributed(searcher, world)
     evaluator.bind(space, data)
     cost_model = make_cost_model(cfg, space)  # last: building this machine's LUT takes minutes
+    if not one_arch:
+        searcher.check_cost_model(cost_model)
     check_budget(space, cost_model, cfg.get("budget"))  # before the run folder is made
 
     run_dir = Path(cfg["output_dir"]) / cfg["run_name"]
@@ -444,7 +446,8 @@ def lead(cfg: dict, world, searcher, space, data, cost_model, evaluator, run_dir
     label = cost_label(target["name"], cost_model)
     plot_pareto(result, run_dir / "pareto.png", label, evaluator.metric,
                 f"{space.name} / {searcher.name} / {cfg['run_name']}", preset_costs(space, cost_model))
-    if result.best is not None:
+    per_layer = result.best is not None and cost_model.additive  # a whole-arch model has no layer costs
+    if per_layer:
         plot_layer_costs(space.ops(result.best.arch), cost_model, run_dir / "layers.png", label,
                          f"best of {cfg['run_name']}")
     onnx_note = export_model(run_dir) if weights is not None else None
@@ -463,7 +466,7 @@ def lead(cfg: dict, world, searcher, space, data, cost_model, evaluator, run_dir
     for line in result.extras.get("report", []):  # the searcher's own summary
         print(line)
     print(f"pareto front: {len(result.pareto)} architectures (result.json, pareto.png"
-          + (", layers.png: the best's cost per layer)" if result.best is not None else ")"))
+          + (", layers.png: the best's cost per layer)" if per_layer else ")"))
     if onnx_note:
         print(onnx_note)
     if tracker is not None:
@@ -501,7 +504,7 @@ def preset_costs(space, cost_model) -> list[tuple[str, float]]:
     costs = []
     for name in space.presets():
         try:
-            costs.append((name, cost_model.cost(space.ops(space.preset(name)))))
+            costs.append((name, cost_model.arch_cost(space, space.preset(name))))
         except NASError:
             continue
     return costs

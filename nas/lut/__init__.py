@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nas.costs import CostModel
+from nas.costs import CostModel, WholeArchCostModel
 from nas.errors import NASError, one_of
 from nas.latency import IDENTITY_FIELDS, HarnessSettings, Timing, measure_interleaved
 from nas.machine import Fingerprint, device_name, this_machine
@@ -408,6 +408,84 @@ class LUTCost(CostModel):
 
 
 # ---------------------------------------------------------------------------- build / validate
+
+
+@register_cost_model("measured")
+class MeasuredCost(WholeArchCostModel):
+    """Latency in ms of each candidate timed end to end on this machine (the whole network,
+    built and run by the harness as :func:`measure_models` times it), not predicted from
+    layers. Each architecture is measured once per machine, space configuration and
+    harness: timings are kept in ``<lut_dir>/measured/<space>/<machine id>-<config id>.json``
+    (``lut_dir`` as for LUTs) and reused by later runs on this machine only; a file of
+    another machine is refused. The cheapest architecture is the cheapest of a few
+    measured candidates (the smallest by MACs, the first and last options), not proven."""
+
+    unit = "ms"
+
+    def __init__(self, space=None, lut_dir: str | None = None, device: str = "cpu", threads: int = 1,
+                 batch: int = 1, dtype: str = "float32", backend: str = "torch", rounds: int = 7,
+                 min_run_time: float = 0.05, progress: bool = True):
+        if space is None:
+            raise NASError("the measured cost model needs the space whose architectures it times")
+        if isinstance(space, str):
+            import nas
+
+            space = nas.get_space(space)
+        self.space = space
+        self.settings = HarnessSettings(device=device, threads=threads, batch=batch, dtype=dtype, backend=backend,
+                                        rounds=rounds, min_run_time=min_run_time)
+        self.machine = this_machine(device, threads, backend)
+        self.path = machine_lut_path("measured", space, self.settings, lut_dir)
+        self.progress = progress
+        self.timings: dict[str, dict] = {}
+        if self.path.exists():
+            try:
+                doc = json.loads(self.path.read_text())
+                machine_id, timings = doc["machine_id"], dict(doc["timings"])
+            except (OSError, ValueError, KeyError, TypeError):
+                raise NASError(f"measured-latency file {str(self.path)!r} is corrupted; move it aside to measure "
+                               "again") from None
+            if machine_id != self.machine.id:
+                raise NASError(f"measured-latency file {str(self.path)!r} holds another machine's timings "
+                               f"(id {machine_id}, this machine is {self.machine.id}); move it aside")
+            self.timings = timings
+
+    def arch_cost(self, space, arch) -> float:
+        if space.name != self.space.name or space.config() != self.space.config():
+            raise NASError(f"the measured cost model times space {self.space.name!r} at its configuration; it was "
+                           f"asked for {space.name!r} at another")
+        key = arch.canonical_json()
+        if key not in self.timings:
+            [timing] = measure_models(space, [arch], self.settings, progress=False)
+            self.timings[key] = timing.to_dict()
+            self._save()
+        return float(self.timings[key]["ms"])
+
+    def _save(self) -> None:
+        doc = {"format": "hwnas-measured/1", "machine_id": self.machine.id, "machine": self.machine.to_dict(),
+               "space": self.space.name, "space_config": self.space.config(), "harness": self.settings.to_dict(),
+               "timings": self.timings}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(doc, indent=1, allow_nan=False, default=str))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise NASError(f"cannot write measured latencies to {str(self.path)!r}: {exc.strerror or exc}; choose "
+                           f"another folder with target.options.lut_dir or ${LUT_DIR_ENV}") from None
+
+    def min_cost(self, space) -> tuple:
+        from nas.arch import Arch
+        from nas.costs import MACs
+
+        ds = space.decisions()
+        candidates = [space.min_cost(MACs())[1]] + [space.canonicalize(Arch({d.name: d.options[i] for d in ds}))
+                                                    for i in (0, -1)]
+        cost, arch = space.cheapest(self, candidates)
+        return cost, arch, False
+
+    def provenance(self, short: bool = False) -> str:
+        return f"measured end to end on this machine [id {self.machine.id}]"
 
 
 def measure_models(space, archs, settings: HarnessSettings, seed: int = 0, progress: bool = True,

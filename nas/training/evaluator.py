@@ -8,6 +8,7 @@ from torch import nn
 from nas.errors import NASError
 from nas.evaluators import Evaluator, Score, TrainingRecipe, arch_seed
 from nas.registry import register_evaluator
+from nas.training.data import as_image_dataset
 from nas.training.train import OPTIMIZERS, resolve_device, train
 
 
@@ -31,8 +32,9 @@ class TrainEvaluator(Evaluator):
         self.seed = seed
 
     def bind(self, space, data=None):
-        super().bind(space, data)
-        data.check_model_input(space.input_shape, space.num_classes)
+        # a torch Dataset (or a pair) from Python becomes an ImageDataset read per batch
+        super().bind(space, None if data is None else as_image_dataset(data))
+        self.data.check_model_input(space.input_shape, space.num_classes)
 
     def evaluate(self, space, arch, teacher: nn.Module | None = None, distill_weight: float = 0.0,
                  temperature: float = 1.0):

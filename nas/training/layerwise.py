@@ -124,8 +124,8 @@ def hold_out(data: ImageDataset, n: int, seed: int) -> tuple[ImageDataset, Split
     perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
     keep, out = perm[n:].sort().values, perm[:n].sort().values
     rest = copy.copy(data)
-    rest.train = Split(data.train.x[keep], data.train.y[keep])
-    return rest, Split(data.train.x[out], data.train.y[out])
+    rest.train = data.train.subset(keep)
+    return rest, data.train.subset(out)
 
 
 @dataclass(frozen=True)
