@@ -40,6 +40,9 @@ class TrainingRecipe:
     momentum: float
     weight_decay: float
     device: torch.device
+    #: the forward pass's arithmetic: float32, or mixed precision (bfloat16; float16 on CUDA,
+    #: with loss scaling); weights and the optimizer stay float32
+    precision: str = "float32"
 
 
 class Evaluator(abc.ABC):

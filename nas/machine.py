@@ -108,8 +108,10 @@ class Fingerprint:
                                         f"{self.logical_cores} cores" if self.logical_cores else None) if x)
         threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else "threads ?"
         backend = "" if self.backend in (None, "torch") else f", {self.backend}"
-        return (f"{self.processor or 'unknown processor'}{f' ({hw})' if hw else ''}, {threads}, "
-                f"torch {self.torch or '?'}{backend} [id {self.id}]")
+        # a device timed by the bundle runner has no torch: its backend says what ran
+        runtime = backend.lstrip(", ") if self.torch is None and backend else f"torch {self.torch or '?'}{backend}"
+        return (f"{self.processor or 'unknown processor'}{f' ({hw})' if hw else ''}, {threads}, {runtime} "
+                f"[id {self.id}]")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,4 +1,6 @@
-"""``python -m nas.lut build|validate|list``: build, check and list LUTs.
+"""``python -m nas.lut build|validate|list|export|import``: build, check and list LUTs,
+and make LUTs of devices that cannot run hwnas (``export`` a bundle, time it there with
+its ``run_bundle.py``, ``import`` the timings; see :mod:`nas.lut.bundle`).
 
 ``build`` and ``validate`` work on this machine's LUT of a space (in the LUT folder, by
 the machine's fingerprint), or on a named one (``target.options.file=``, or the shipped
@@ -21,11 +23,17 @@ from nas.lut import CALIBRATION_MODELS, MODES, LUTCost, LUTFile, build_lut, defa
 
 #: this command's own fields: type and smallest accepted value (min_run_time: above 0)
 LUT_FIELDS = {"n": (int, 2), "samples": (int, 1), "overhead_models": (int, 2), "lut_seed": (int, 0),
-              "rounds": (int, 1), "min_run_time": (float, None), "mode": (str, None)}
+              "rounds": (int, 1), "min_run_time": (float, None), "mode": (str, None), "out": (str, None)}
 
 
 def _split_args(argv):
     own, rest = {}, []
+    argv = list(argv)
+    if "--out" in argv:  # `--out DIR` as well as `out=DIR`
+        at = argv.index("--out")
+        if at + 1 >= len(argv):
+            raise NASError("--out needs a folder: --out DIR")
+        argv[at:at + 2] = [f"out={argv[at + 1]}"]
     for arg in argv:
         key, sep, value = arg.partition("=")
         if sep and key in LUT_FIELDS:
@@ -49,16 +57,21 @@ def main(argv: list[str] | None = None) -> int:
     usage = ("usage: python -m nas.lut build|validate space=NAME target=NAME [mode=full|fast] [n=50] "
              "[samples=2000] [overhead_models=20] [lut_seed=0] [rounds=7] [min_run_time=0.05] "
              "[other run overrides]\n       python -m nas.lut list [DIR]   (default: the LUT folder, "
-             f"{default_lut_dir()})")
+             f"{default_lut_dir()})\n"
+             "       python -m nas.lut export space=NAME [space.FIELD=...] --out DIR [n=30] [overhead_models=20] "
+             "[rounds=7] [min_run_time=0.05]   (a bundle to time on a device: python DIR/run_bundle.py)\n"
+             "       python -m nas.lut import DIR/timings.json target=NAME   (the device's LUT; then target=NAME)")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0
     command = argv[0]
     try:
-        if command not in ("build", "validate", "list"):
-            raise NASError(f"unknown command {command!r}; use 'build', 'validate' or 'list'")
+        if command not in ("build", "validate", "list", "export", "import"):
+            raise NASError(f"unknown command {command!r}; use 'build', 'validate', 'list', 'export' or 'import'")
         if command == "list":
             return list_luts(Path(argv[1]).expanduser() if len(argv) > 1 else default_lut_dir())
+        if command == "import":
+            return import_command(argv[1:])
         from nas.app.run import compose_checked, make_components, register_config_nodes
         from nas.registry import import_plugins, plugins_in_overrides
 
@@ -69,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = OmegaConf.to_container(compose_checked(rest), resolve=True)
         target = cfg["target"]
+        if command == "export":
+            return export_command(cfg, own)
         if target.get("cost_model") != "lut":
             raise NASError(f"target {target['name']!r} is analytic ({target.get('cost_model')}); "
                            "LUTs are built for measured targets such as target=cpu")
@@ -120,9 +135,64 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def export_command(cfg: dict, own: dict) -> int:
+    """``export``: the bundle of the run's space (at its configuration) in ``out``."""
+    from nas.app.run import make_components
+    from nas.lut.bundle import VALIDATION_MODELS, export_bundle
+
+    if "out" not in own:
+        raise NASError("export needs the bundle's folder: --out DIR (or out=DIR)")
+    out = checks.folder_path("out", own["out"])
+    checks.make_folder("out", out)
+    space = make_components(cfg, need=("space",))["space"]
+    options = dict(cfg["target"].get("options") or {})
+    settings = HarnessSettings(**{k: options[k] for k in ("threads", "batch") if k in options},
+                               **{k: own[k] for k in ("rounds", "min_run_time") if k in own})
+    start = time.perf_counter()
+    manifest = export_bundle(space, out, settings, own.get("samples", 2000),
+                             own.get("overhead_models", CALIBRATION_MODELS), own.get("n", VALIDATION_MODELS),
+                             own.get("lut_seed", 0), bool(cfg.get("progress", True)))
+    kinds = [item["kind"] for item in manifest["items"]]
+    print(f"bundle {out} ({time.perf_counter() - start:.1f} s): {kinds.count('op')} ops, "
+          f"{kinds.count('calibration')} calibration and {kinds.count('validation')} validation models of "
+          f"{space.name} as ONNX; on the device (Python with numpy and onnxruntime, nothing else):\n"
+          f"  python run_bundle.py            # writes timings.json; stopped, it continues where it stopped\n"
+          f"then here: python -m nas.lut import {out / 'timings.json'} target=NAME")
+    return 0
+
+
+def import_command(args: list[str]) -> int:
+    """``import PATH target=NAME``: the device's LUT from its timings, registered as a target."""
+    from nas.app.run import yaml_options
+    from nas.lut.bundle import import_timings
+    from nas.registry import COST_MODELS
+
+    paths = [a for a in args if "=" not in a]
+    named = dict(a.split("=", 1) for a in args if "=" in a)
+    unknown = sorted(set(named) - {"target"})
+    if len(paths) != 1 or "target" not in named or unknown:
+        raise NASError("usage: python -m nas.lut import DIR/timings.json target=NAME"
+                       + (f" (unknown field {', '.join(unknown)})" if unknown else ""))
+    target = named["target"]
+    if target in yaml_options("target") or target in COST_MODELS.names():
+        raise NASError(f"target {target!r} is one of hwnas's own targets; name the device otherwise "
+                       "(e.g. target=pixel7)")
+    lut, metrics = import_timings(paths[0], target)
+    print(f"LUT {lut.path}: {len(lut.entries)} entries, overhead {lut.overhead_ms:.4f} ms, in-context scale "
+          f"{lut.scale:.3f}; {lut.whose()}")
+    if metrics:
+        print(f"  validation on {metrics['n']} whole models timed on the device: Spearman {metrics['spearman']:.4f}  "
+              f"Kendall {metrics['kendall']:.4f}  MAPE {metrics['mape']:.2f}%  within ±10% "
+              f"{metrics['within_10pct']:.0f}%  within ±5% {metrics['within_5pct']:.0f}%")
+    print(f"  search for that device with: python -m nas.run space={lut.meta['space']} target={target} ...")
+    return 0
+
+
 def list_luts(folder: Path) -> int:
     """Print every LUT file under ``folder``: target, space, mode, entries, whose machine."""
-    files = sorted(folder.rglob("*.json")) if folder.is_dir() else []
+    # not the records beside the tables: imported targets, measured whole-model timings
+    files = sorted(p for p in folder.rglob("*.json") if p.relative_to(folder).parts[0] not in ("targets", "measured")
+                   ) if folder.is_dir() else []
     print(f"LUTs in {folder}: {len(files) or 'none'}")
     for path in files:
         try:

@@ -56,8 +56,10 @@ def yaml_options(group: str) -> list[str]:
 
 
 def group_options(group: str) -> list[str]:
-    if group == "target":  # named targets (YAML) and every cost model with its defaults
-        return sorted(set(yaml_options(group)) | set(COST_MODELS.names()))
+    if group == "target":  # named targets (YAML), every cost model with its defaults, imported devices
+        from nas.lut.bundle import imported_targets
+
+        return sorted(set(yaml_options(group)) | set(COST_MODELS.names()) | set(imported_targets()))
     return GROUP_REGISTRIES[group].names()
 
 
@@ -92,6 +94,15 @@ def register_config_nodes() -> None:
         if name not in have:
             options = _plain(config_fields(COST_MODELS.get(name)))
             cs.store(group="target", name=name, node={"name": name, "cost_model": name, "options": options})
+    from nas.latency import IDENTITY_FIELDS
+    from nas.lut.bundle import imported_targets
+
+    for name, entry in imported_targets().items():  # LUTs of devices, from `python -m nas.lut import`
+        if name in have or name in COST_MODELS.names():
+            continue  # a packaged target keeps its name (the import refuses such names)
+        cs.store(group="target", name=name, node={"name": name, "cost_model": "lut", "options": {
+            "target": name, "space": None, "lut_dir": None, "file": entry["file"], "reference": False,
+            "build": "none", "measure_missing": False, **{k: entry[k] for k in IDENTITY_FIELDS}}})
 
 
 def help_text() -> str:

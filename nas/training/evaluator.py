@@ -9,7 +9,7 @@ from nas.errors import NASError
 from nas.evaluators import Evaluator, Score, TrainingRecipe, arch_seed
 from nas.registry import register_evaluator
 from nas.training.data import as_image_dataset
-from nas.training.train import OPTIMIZERS, resolve_device, train
+from nas.training.train import OPTIMIZERS, check_precision, resolve_device, train
 
 
 @register_evaluator("train")
@@ -19,7 +19,8 @@ class TrainEvaluator(Evaluator):
     needs_data = True
 
     def __init__(self, epochs: int = 2, batch_size: int = 128, optimizer: str = "sgd", lr: float = 0.05,
-                 momentum: float = 0.9, weight_decay: float = 5e-4, device: str = "auto", seed: int = 0):
+                 momentum: float = 0.9, weight_decay: float = 5e-4, device: str = "auto", seed: int = 0,
+                 precision: str = "float32"):
         if epochs < 1:
             raise NASError(f"evaluator.epochs must be >= 1, got {epochs}")
         if batch_size < 2:
@@ -28,7 +29,9 @@ class TrainEvaluator(Evaluator):
             raise NASError(f"evaluator.lr must be > 0, got {lr}")
         if optimizer not in OPTIMIZERS:
             raise NASError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(map(repr, OPTIMIZERS))}")
-        self.recipe = TrainingRecipe(epochs, batch_size, optimizer, lr, momentum, weight_decay, resolve_device(device))
+        resolved = resolve_device(device)
+        check_precision(precision, resolved)
+        self.recipe = TrainingRecipe(epochs, batch_size, optimizer, lr, momentum, weight_decay, resolved, precision)
         self.seed = seed
 
     def bind(self, space, data=None):

@@ -29,6 +29,18 @@ def resolve_device(device: str) -> torch.device:
         raise NASError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'") from None
 
 
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """NASError unless ``precision`` is one of PRECISIONS and runs on ``device``."""
+    if precision not in PRECISIONS:
+        raise NASError(f"evaluator.precision {precision!r} is not one of {', '.join(map(repr, PRECISIONS))}")
+    if precision == "float16" and device.type != "cuda":
+        raise NASError("evaluator.precision=float16 is mixed precision with loss scaling on a CUDA device; "
+                       f"the device here is {device.type}: use bfloat16 (or float32)")
+
+
 def sample_indices(pool: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """``size`` indices drawn with replacement from ``pool`` (a step's global batch: every
     process draws the same and takes its micro-batches of it)."""
@@ -193,6 +205,9 @@ def train(model: nn.Module, data: ImageDataset, input_shape, recipe: TrainingRec
         teacher.to(device=device, memory_format=torch.channels_last).eval()
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     gen = torch.Generator().manual_seed(seed)
+    # mixed precision: the forward pass autocast to bfloat16/float16, float16's loss scaled
+    low = PRECISIONS[recipe.precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=low is torch.float16)
     start = time.perf_counter()
     train_loss = float("nan")
     for epoch in range(epochs):
@@ -204,11 +219,14 @@ def train(model: nn.Module, data: ImageDataset, input_shape, recipe: TrainingRec
                 continue
             x, y = data.batch(data.train, idx, input_shape)
             x, y = x.to(device, memory_format=torch.channels_last), y.to(device)
-            out = model(x)
+            with torch.autocast(device.type, dtype=low or torch.float32, enabled=low is not None):
+                out = model(x)
+                if teacher is not None and distill_weight:
+                    with torch.no_grad():
+                        soft = nn.functional.softmax(teacher(x).float() / temperature, dim=1)
+            out = out.float()  # the loss in float32
             loss = nn.functional.cross_entropy(out, y)
             if teacher is not None and distill_weight:
-                with torch.no_grad():
-                    soft = nn.functional.softmax(teacher(x) / temperature, dim=1)
                 kl = nn.functional.kl_div(nn.functional.log_softmax(out / temperature, dim=1), soft,
                                           reduction="batchmean")
                 loss = loss + distill_weight * temperature ** 2 * kl
@@ -216,8 +234,9 @@ def train(model: nn.Module, data: ImageDataset, input_shape, recipe: TrainingRec
                 raise NASError(f"training diverged: loss is {loss.item()} at epoch {epoch}, step {s}; "
                                "lower evaluator.lr")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             train_loss = loss.item()
     recalibrate_batchnorm(model, data, input_shape, batch_size, device)

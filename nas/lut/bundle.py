@@ -1,0 +1,205 @@
+"""LUTs of a device that cannot run hwnas: export a bundle here, time it there, import.
+
+:func:`export_bundle` writes every OpSpec of a space (at its configuration) and whole
+calibration and validation models as ONNX files, a ``manifest.json`` and ``run_bundle.py``
+(:mod:`nas.lut.bundle_runner`: Python, numpy and onnxruntime only). On the device,
+``python run_bundle.py`` writes ``timings.json`` with the device's fingerprint, in
+hwnas's interleaved rounds. :func:`import_timings` turns that file into a LUT of the
+device (its fingerprint, the onnxruntime backend): entries from the layers' timings, the
+overhead and in-context scale fitted on the calibration models, and a validation report
+from the validation models, which the LUT never saw. The import also registers the LUT as
+a target of that name (``<lut_dir>/targets/<name>.json``), so ``target=<name>`` prices
+searches for the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nas.arch import Arch
+from nas.errors import NASError
+from nas.latency import HarnessSettings, Timing
+from nas.lut import (CALIBRATION_MODELS, LUTFile, _now, calibrate_lut, calibration_archs, config_id, default_lut_dir,
+                     validation_metrics)
+from nas.machine import Fingerprint
+from nas.registry import plugin_module
+
+BUNDLE_FORMAT = "hwnas-bundle/1"
+TIMINGS_FORMAT = "hwnas-timings/1"
+TARGET_FORMAT = "hwnas-target/1"
+#: validation models in a bundle unless asked otherwise
+VALIDATION_MODELS = 30
+
+
+def _onnx_file(module: torch.nn.Module, input_shape: tuple, batch: int, path: Path, what: str) -> None:
+    from nas.export import onnx_bytes
+
+    module = module.eval()
+    try:
+        with torch.inference_mode():
+            data = onnx_bytes(module, torch.randn(batch, *input_shape))
+    except Exception as exc:  # the exporter raises many kinds; one line says which item
+        raise NASError(f"cannot export {what} to ONNX ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                       "the bundle needs the onnx package: pip install 'hwnas[onnx]'") from None
+    path.write_bytes(data)
+
+
+def export_bundle(space, out, settings: HarnessSettings | None = None, samples: int = 2000,
+                  overhead_models: int = CALIBRATION_MODELS, validation_models: int = VALIDATION_MODELS,
+                  seed: int = 0, progress: bool = True) -> dict:
+    """Write the bundle of ``space`` into the folder ``out`` (made when needed; an existing
+    bundle there is replaced); return its manifest."""
+    from tqdm.auto import tqdm
+
+    settings = settings or HarnessSettings()
+    if settings.device != "cpu" or settings.dtype != "float32":
+        raise NASError("a bundle is timed by onnxruntime on the device's CPU in float32; "
+                       f"got device={settings.device!r}, dtype={settings.dtype!r}")
+    out = Path(out).expanduser()
+    for sub in ("ops", "models"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for stale in ("timings.json", "timings.json.tmp"):
+        (out / stale).unlink(missing_ok=True)
+    ops = space.all_ops(samples=samples, seed=seed)
+    calibration = calibration_archs(space, overhead_models, seed + 1_000_003)
+    rng = np.random.default_rng(seed + 7919)
+    validation = [space.sample(rng) for _ in range(validation_models)]
+    items = []
+    with tqdm(total=len(ops) + len(calibration) + len(validation), desc=f"bundle {space.name}", unit="file",
+              disable=not progress) as bar:
+        for i, op in enumerate(ops):
+            torch.manual_seed(0)
+            path = f"ops/op{i:05d}.onnx"
+            _onnx_file(op.build(), tuple(op.in_shape()), settings.batch, out / path, f"op {op.key}")
+            items.append({"id": f"op{i:05d}", "kind": "op", "file": path, "key": op.key,
+                          "input_shape": list(op.in_shape())})
+            bar.update()
+        for kind, archs in (("calibration", calibration), ("validation", validation)):
+            for i, arch in enumerate(archs):
+                torch.manual_seed(0)
+                path = f"models/{kind[:3]}{i:03d}.onnx"
+                _onnx_file(space.build(arch), tuple(space.input_shape), settings.batch, out / path,
+                           f"{kind} model {i}")
+                items.append({"id": f"{kind[:3]}{i:03d}", "kind": kind, "file": path, "arch": dict(arch),
+                              "input_shape": list(space.input_shape)})
+                bar.update()
+    harness = {"threads": settings.threads, "batch": settings.batch, "warmup": settings.warmup,
+               "rounds": settings.rounds, "min_run_time": settings.min_run_time,
+               # whole models are timed longer, as build_lut times its calibration models
+               "model_min_run_time": max(settings.min_run_time, HarnessSettings.min_run_time)}
+    body = {"format": BUNDLE_FORMAT, "space": space.name, "space_config": space.config(),
+            "plugin": plugin_module(space), "harness": harness, "seed": seed, "items": items}
+    body["bundle_id"] = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    body["created"] = _now()
+    (out / "manifest.json").write_text(json.dumps(body, indent=1, default=str))
+    runner = resources.files("nas.lut") / "bundle_runner.py"
+    (out / "run_bundle.py").write_text(runner.read_text())
+    return body
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NASError(f"{what} {str(path)!r} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise NASError(f"{what} {str(path)!r} cannot be read ({type(exc).__name__}); copy it again") from None
+
+
+def targets_dir(lut_dir=None) -> Path:
+    """Where imported device targets are registered (``<lut_dir>/targets``)."""
+    return (Path(lut_dir).expanduser() if lut_dir else default_lut_dir()) / "targets"
+
+
+def import_timings(timings_path, target: str, lut_dir=None) -> tuple[LUTFile, dict]:
+    """A device's LUT from the ``timings.json`` its runner wrote (the manifest beside it):
+    ``(lut, validation metrics)``. The LUT is saved in ``lut_dir`` under the device's
+    fingerprint, and registered as target ``target``."""
+    import nas
+    from nas.checks import safe_name
+    from nas.registry import import_plugins
+
+    safe_name("target", target)
+    timings_path = Path(timings_path).expanduser()
+    doc = _read_json(timings_path, "timings file")
+    manifest = _read_json(timings_path.parent / "manifest.json", "bundle manifest")
+    if doc.get("format") != TIMINGS_FORMAT or manifest.get("format") != BUNDLE_FORMAT:
+        raise NASError(f"{str(timings_path)!r} and its manifest.json are not an hwnas bundle's timings "
+                       f"({TIMINGS_FORMAT}, {BUNDLE_FORMAT})")
+    if doc.get("bundle_id") != manifest.get("bundle_id"):
+        raise NASError(f"{str(timings_path)!r} times bundle {doc.get('bundle_id')}, but the manifest beside it is "
+                       f"bundle {manifest.get('bundle_id')}; put the timings next to the bundle they came from")
+    rounds = int(doc["rounds"])
+    timings = {}
+    for item in manifest["items"]:
+        t = doc["timings"].get(item["id"], {})
+        if len(t.get("rounds_ms", [])) < rounds:
+            raise NASError(f"{str(timings_path)!r} is unfinished ({item['id']} has {len(t.get('rounds_ms', []))} of "
+                           f"{rounds} rounds); run run_bundle.py again on the device to finish it")
+        timings[item["id"]] = Timing(list(t["rounds_ms"]), int(t["runs"]))
+    import_plugins([manifest["plugin"]] if manifest.get("plugin") else [])
+    space = nas.get_space(manifest["space"], **manifest["space_config"])
+    h = manifest["harness"]
+    settings = HarnessSettings(device="cpu", threads=int(doc["threads"]), batch=h["batch"], dtype="float32",
+                               backend="onnxruntime", warmup=h["warmup"], rounds=rounds, min_run_time=h["min_run_time"])
+    device = Fingerprint.from_dict(doc["fingerprint"])
+    path = (Path(lut_dir).expanduser() if lut_dir else default_lut_dir()) / target / space.name / (
+        f"{device.id}-{config_id(space, settings)}.json")
+    meta = {"target": target, "space": space.name, "space_config": space.config(), "machine_id": device.id,
+            "fingerprint": device.to_dict(), "device": "cpu", "processor": device.processor, "torch": None,
+            "threads": settings.threads, "batch": settings.batch, "dtype": settings.dtype, "backend": "onnxruntime",
+            "harness": settings.to_dict(), "mode": "full", "status": "complete", "created": _now(),
+            "imported_from": str(timings_path.resolve()), "bundle_id": manifest["bundle_id"]}
+    lut = LUTFile(path, meta, {item["key"]: timings[item["id"]].to_dict() for item in manifest["items"]
+                               if item["kind"] == "op"})
+    models = {kind: [(space.validate(Arch(item["arch"])), timings[item["id"]]) for item in manifest["items"]
+                     if item["kind"] == kind] for kind in ("calibration", "validation")}
+    if models["calibration"]:
+        calibrate_lut(lut, space, *zip(*models["calibration"]))
+    metrics = {}
+    if len(models["validation"]) >= 2:
+        predicted = [lut.overhead_ms + lut.scale * lut.layer_sum(space.ops(a)) for a, _ in models["validation"]]
+        measured = [t.ms for _, t in models["validation"]]
+        metrics = validation_metrics(predicted, measured)
+        lut.meta["validation"] = {**metrics, "predicted_ms": predicted, "measured_ms": measured,
+                                  "note": "validation models of the bundle, timed on the device, unseen by the fit"}
+    lut.save()
+    register_target(target, lut, lut_dir)
+    return lut, metrics
+
+
+def register_target(target: str, lut: LUTFile, lut_dir=None) -> Path:
+    """Record ``lut`` as target ``target`` (read by the CLI when it makes its config nodes)."""
+    folder = targets_dir(lut_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{target}.json"
+    s = lut.settings
+    entry = {"format": TARGET_FORMAT, "name": target, "file": str(lut.path.resolve()), "space": lut.meta["space"],
+             "device": s.device, "threads": s.threads, "batch": s.batch, "dtype": s.dtype, "backend": s.backend,
+             "machine": lut.fingerprint.describe()}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(entry, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def imported_targets(lut_dir=None) -> dict[str, dict]:
+    """name -> the record of each target registered by an import (unreadable ones skipped)."""
+    folder = targets_dir(lut_dir)
+    found = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            entry = json.loads(path.read_text())
+            found[entry["name"]] = entry
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
