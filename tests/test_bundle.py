@@ -87,8 +87,16 @@ def test_export_time_elsewhere_import_and_search(tmp_path, cli_env):
     assert not lut.on_this_machine() and lut.fingerprint.backend.startswith("onnxruntime")
     assert lut.settings.backend == "onnxruntime" and len(lut.entries) == len(ops)
     assert len(lut.overhead["models"]) == 4 and lut.meta["validation"]["n"] == 6
-    by_key = {item["key"]: item["id"] for item in ops}
-    assert all(e["rounds_ms"] == timings["timings"][by_key[k]]["rounds_ms"] for k, e in lut.entries.items())
+    # each layer's timing less the call overhead of its input shape, timed in the same round
+    by_key = {item["key"]: item for item in ops}
+    overhead = {tuple(item["input_shape"]): timings["timings"][item["id"]]["rounds_ms"]
+                for item in manifest["items"] if item["kind"] == "baseline"}
+    assert set(overhead) == {tuple(item["input_shape"]) for item in ops}
+    for key, entry in lut.entries.items():
+        raw = timings["timings"][by_key[key]["id"]]["rounds_ms"]
+        base = overhead[tuple(by_key[key]["input_shape"])]
+        assert entry["rounds_ms"] == [max(t - b, 0.05 * t) for t, b in zip(raw, base)]
+        assert entry["session_ms"] == pytest.approx(sum(raw) / len(raw))
     cost = LUTCost("mydevice", space, file=str(path), backend="onnxruntime")
     arch = space.default_arch()
     assert cost.cost(space.ops(arch)) == pytest.approx(lut.overhead_ms + lut.scale * lut.layer_sum(space.ops(arch)))
