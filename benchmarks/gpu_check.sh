@@ -8,6 +8,7 @@
 set -uo pipefail
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute: the steps run from the checkout
 export HWNAS_LUT_DIR="$OUT/luts"
 cd "$(dirname "$0")/.."
 python - <<PY || exit 1
@@ -30,10 +31,12 @@ step default_job python -m nas.run evaluator.device=$DEVICE target.options.devic
   output_dir="$OUT/runs" run_name=default
 step differentiable python -m nas.run space=afrb searcher=differentiable evaluator.device=$DEVICE \
   searcher.steps=100 target=macs progress=false output_dir="$OUT/runs" run_name=differentiable
+# a LUT folder of its own: the default job above already built this configuration's table
 step lut_build python -m nas.lut build space=uib space.resolution=28 space.in_channels=1 space.num_classes=10 \
-  target=cpu target.options.device=$DEVICE mode=fast progress=false
+  target=cpu target.options.device=$DEVICE target.options.lut_dir="$OUT/lut_build" mode=fast progress=false
 step lut_validate python -m nas.lut validate space=uib space.resolution=28 space.in_channels=1 space.num_classes=10 \
-  target=cpu target.options.device=$DEVICE n=30 progress=false output_dir="$OUT"
+  target=cpu target.options.device=$DEVICE target.options.lut_dir="$OUT/lut_build" n=30 progress=false \
+  output_dir="$OUT"
 precision=float16; [ "$DEVICE" = cpu ] && precision=bfloat16
 step mixed_precision python -m nas.run space=mbconv searcher=random searcher.n_evals=3 evaluator.device=$DEVICE \
   evaluator.precision=$precision target=macs progress=false output_dir="$OUT/runs" run_name=mixed
