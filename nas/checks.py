@@ -119,3 +119,30 @@ def json_text(obj, **kw) -> str:
     a non-finite number (e.g. the loss of a diverged training) is written as null rather
     than failing a finished search."""
     return json.dumps(finite_or_null(obj), allow_nan=False, **kw)
+
+
+def read_json(path, what: str, remedy: str):
+    """The JSON document in ``path``, or one line naming ``what`` it is, what is wrong and
+    ``remedy`` (what to do about a damaged file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NASError(f"{what} {str(path)!r} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NASError(f"{what} {str(path)!r} is corrupted (not JSON: {exc}); {remedy}") from None
+    except OSError as exc:
+        raise NASError(f"{what} {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+
+
+def write_json_atomic(path, doc, what: str, remedy: str) -> None:
+    """``doc`` as strict JSON in ``path``, through a temporary file (a kill leaves the last
+    good file); one line naming ``what`` it is and ``remedy`` when it cannot be written."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json_text(doc, indent=1, default=str))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise NASError(f"cannot write {what} {str(path)!r}: {exc.strerror or exc}; {remedy}") from None

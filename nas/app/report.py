@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from nas.checks import read_json
 from nas.costs import format_cost, si
 from nas.errors import USER_ERROR_EXIT_CODE, NASError
 
@@ -20,10 +21,7 @@ def read_result(run_dir) -> dict:
     path = Path(run_dir).expanduser() / "result.json"
     if not path.is_file():
         raise NASError(f"{str(run_dir)!r} is not a finished run directory: it has no result.json")
-    try:
-        result = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NASError(f"{str(path)!r} is not valid JSON: {exc}") from None
+    result = read_json(path, "result file", "run the search again to rewrite it")
     if not isinstance(result, dict):
         raise NASError(f"{str(path)!r} is not a result of a run (a JSON object)")
     return result

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nas.checks import read_json, write_json_atomic
 from nas.costs import CostModel, WholeArchCostModel
 from nas.errors import NASError, one_of
 from nas.latency import IDENTITY_FIELDS, HarnessSettings, Timing, measure_interleaved
@@ -53,6 +54,7 @@ from nas.registry import plugin_module, register_cost_model
 FORMAT = "hwnas-lut/2"
 #: environment variable naming the folder of this machine's LUTs (the per-user cache)
 LUT_DIR_ENV = "HWNAS_LUT_DIR"
+CHOOSE_LUT_DIR = f"choose another folder with target.options.lut_dir or ${LUT_DIR_ENV}"
 MODES = ("fast", "full")
 #: harness timing of a fast build's entries: rounds of 0.02 s instead of a full table's 0.05 s
 FAST_TIMING = {"rounds": 7, "min_run_time": 0.02}
@@ -169,14 +171,7 @@ class LUTFile:
     @classmethod
     def load(cls, path) -> "LUTFile":
         path = Path(path)
-        if not path.is_file():
-            raise NASError(f"LUT file {str(path)!r} does not exist")
-        try:
-            doc = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise NASError(f"LUT file {str(path)!r} is corrupted (not JSON: {exc}); delete it and rebuild") from None
-        except OSError as exc:
-            raise NASError(f"LUT file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+        doc = read_json(path, "LUT file", "delete it and rebuild")
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise NASError(f"LUT file {str(path)!r} is not a {FORMAT} file")
         try:
@@ -200,14 +195,8 @@ class LUTFile:
         self.meta["updated"] = _now()
         doc = {"format": FORMAT, "meta": self.meta, "overhead": self.overhead,
                "entries": dict(sorted(self.entries.items()))}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(doc, indent=1, allow_nan=False))
-            os.replace(tmp, self.path)  # atomic: an interrupted build leaves the last good file
-        except OSError as exc:
-            raise NASError(f"cannot write LUT file {str(self.path)!r}: {exc.strerror or exc}; "
-                           f"choose another folder with target.options.lut_dir or ${LUT_DIR_ENV}") from None
+        # atomic: an interrupted build leaves the last good file
+        write_json_atomic(self.path, doc, "LUT file", CHOOSE_LUT_DIR)
 
     def check_matches(self, target: str, space_name: str | None, settings: HarnessSettings | None = None,
                       space_config: dict | None = None) -> None:
@@ -439,12 +428,12 @@ class MeasuredCost(WholeArchCostModel):
         self.progress = progress
         self.timings: dict[str, dict] = {}
         if self.path.exists():
+            doc = read_json(self.path, "measured-latency file", "move it aside to measure again")
             try:
-                doc = json.loads(self.path.read_text())
                 machine_id, timings = doc["machine_id"], dict(doc["timings"])
-            except (OSError, ValueError, KeyError, TypeError):
-                raise NASError(f"measured-latency file {str(self.path)!r} is corrupted; move it aside to measure "
-                               "again") from None
+            except (KeyError, TypeError, ValueError):
+                raise NASError(f"measured-latency file {str(self.path)!r} is corrupted (no machine_id or timings); "
+                               "move it aside to measure again") from None
             if machine_id != self.machine.id:
                 raise NASError(f"measured-latency file {str(self.path)!r} holds another machine's timings "
                                f"(id {machine_id}, this machine is {self.machine.id}); move it aside")
@@ -465,14 +454,7 @@ class MeasuredCost(WholeArchCostModel):
         doc = {"format": "hwnas-measured/1", "machine_id": self.machine.id, "machine": self.machine.to_dict(),
                "space": self.space.name, "space_config": self.space.config(), "harness": self.settings.to_dict(),
                "timings": self.timings}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(doc, indent=1, allow_nan=False, default=str))
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            raise NASError(f"cannot write measured latencies to {str(self.path)!r}: {exc.strerror or exc}; choose "
-                           f"another folder with target.options.lut_dir or ${LUT_DIR_ENV}") from None
+        write_json_atomic(self.path, doc, "measured-latency file", CHOOSE_LUT_DIR)
 
     def min_cost(self, space) -> tuple:
         from nas.arch import Arch

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -25,15 +24,24 @@ import numpy as np
 import torch
 
 from nas.arch import Arch
+from nas.checks import read_json, write_json_atomic
 from nas.errors import NASError
 from nas.latency import HarnessSettings, Timing
-from nas.lut import (CALIBRATION_MODELS, LUTFile, _now, calibrate_lut, calibration_archs, config_id, default_lut_dir,
-                     validation_metrics)
+from nas.lut import (
+    CALIBRATION_MODELS,
+    LUTFile,
+    _now,
+    calibrate_lut,
+    calibration_archs,
+    config_id,
+    default_lut_dir,
+    validation_metrics,
+)
+from nas.lut.bundle_runner import FORMAT as TIMINGS_FORMAT  # the runner writes it
 from nas.machine import Fingerprint
 from nas.registry import plugin_module
 
 BUNDLE_FORMAT = "hwnas-bundle/1"
-TIMINGS_FORMAT = "hwnas-timings/1"
 TARGET_FORMAT = "hwnas-target/1"
 #: validation models in a bundle unless asked otherwise
 VALIDATION_MODELS = 30
@@ -121,15 +129,6 @@ def export_bundle(space, out, settings: HarnessSettings | None = None, samples: 
     return body
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise NASError(f"{what} {str(path)!r} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise NASError(f"{what} {str(path)!r} cannot be read ({type(exc).__name__}); copy it again") from None
-
-
 def targets_dir(lut_dir=None) -> Path:
     """Where imported device targets are registered (``<lut_dir>/targets``)."""
     return (Path(lut_dir).expanduser() if lut_dir else default_lut_dir()) / "targets"
@@ -145,8 +144,8 @@ def import_timings(timings_path, target: str, lut_dir=None) -> tuple[LUTFile, di
 
     safe_name("target", target)
     timings_path = Path(timings_path).expanduser()
-    doc = _read_json(timings_path, "timings file")
-    manifest = _read_json(timings_path.parent / "manifest.json", "bundle manifest")
+    doc = read_json(timings_path, "timings file", "copy it from the device again")
+    manifest = read_json(timings_path.parent / "manifest.json", "bundle manifest", "export the bundle again")
     if doc.get("format") != TIMINGS_FORMAT or manifest.get("format") != BUNDLE_FORMAT:
         raise NASError(f"{str(timings_path)!r} and its manifest.json are not an hwnas bundle's timings "
                        f"({TIMINGS_FORMAT}, {BUNDLE_FORMAT})")
@@ -202,7 +201,8 @@ def layer_entries(items: list[dict], timings: dict[str, Timing]) -> dict[str, di
         if item["kind"] != "op":
             continue
         raw, base = timings[item["id"]], overhead.get(tuple(item["input_shape"]))
-        rounds = raw.rounds_ms if base is None else [max(t - b, 0.05 * t) for t, b in zip(raw.rounds_ms, base.rounds_ms)]
+        rounds = (raw.rounds_ms if base is None else
+                  [max(t - b, 0.05 * t) for t, b in zip(raw.rounds_ms, base.rounds_ms)])
         entries[item["key"]] = {**Timing(rounds, raw.runs).to_dict(), "session_ms": raw.ms,
                                 "call_overhead_ms": None if base is None else base.ms}
     return entries
@@ -210,16 +210,12 @@ def layer_entries(items: list[dict], timings: dict[str, Timing]) -> dict[str, di
 
 def register_target(target: str, lut: LUTFile, lut_dir=None) -> Path:
     """Record ``lut`` as target ``target`` (read by the CLI when it makes its config nodes)."""
-    folder = targets_dir(lut_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{target}.json"
+    path = targets_dir(lut_dir) / f"{target}.json"
     s = lut.settings
     entry = {"format": TARGET_FORMAT, "name": target, "file": str(lut.path.resolve()), "space": lut.meta["space"],
              "device": s.device, "threads": s.threads, "batch": s.batch, "dtype": s.dtype, "backend": s.backend,
              "machine": lut.fingerprint.describe()}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(entry, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, entry, "target record", "check the LUT folder's permissions")
     return path
 
 

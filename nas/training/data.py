@@ -322,9 +322,10 @@ def imagefolder(path: str | None = None, resolution: int | None = None, val_frac
         if unknown:
             raise NASError(f"imagefolder {str(root / name)!r} has classes the training folder lacks: "
                            f"{', '.join(unknown)}")
-    files = [f for classes in parts.values() for c in class_names for f in classes.get(c, [])]
-    labels = np.array([class_names.index(c) for classes in parts.values() for c in class_names
-                       for _ in classes.get(c, [])], dtype=np.int64)
+    labelled = [(f, label) for classes in parts.values() for label, c in enumerate(class_names)
+                for f in classes.get(c, [])]
+    files = [f for f, _ in labelled]
+    labels = torch.tensor([label for _, label in labelled], dtype=torch.int64)
     with Image.open(files[0]) as first:
         mode = "L" if first.mode in ("1", "L", "I", "I;16", "F") else "RGB"
         resolution = resolution or min(first.size)
@@ -333,24 +334,18 @@ def imagefolder(path: str | None = None, resolution: int | None = None, val_frac
     def load_one(i: int) -> np.ndarray:
         return _read_image(files[i], mode, resolution)
 
-    every = np.arange(len(files))
-    if len(files) * channels * resolution ** 2 <= memory_limit_mb * 2 ** 20:
-        images = torch.from_numpy(np.stack([load_one(i) for i in every]))  # small: decoded once
-        take = images.__getitem__
+    if len(files) * channels * resolution ** 2 <= memory_limit_mb * 2 ** 20:  # small: decoded once
+        images = torch.from_numpy(np.stack([load_one(i) for i in range(len(files))]))
     else:
-        lazy = LazyImages(load_one, every, (channels, resolution, resolution))
-        take = lazy.subset
-    y = torch.from_numpy(labels)
+        images = LazyImages(load_one, np.arange(len(files)), (channels, resolution, resolution))
+    whole = Split(images, labels)
     if presplit:
         bounds = np.cumsum([0] + [sum(len(v) for v in classes.values()) for classes in parts.values()])
-        splits = {name: Split(take(torch.arange(lo, hi)), y[lo:hi])
-                  for name, lo, hi in zip(parts, bounds[:-1], bounds[1:])}
+        splits = {name: whole.subset(torch.arange(lo, hi)) for name, lo, hi in zip(parts, bounds[:-1], bounds[1:])}
         train, val, test = splits["train"], splits["val"], splits.get("test")
     else:
         train_idx, val_idx = seeded_split(len(files), val_fraction, split_seed)
-        train = Split(take(torch.from_numpy(train_idx)), y[train_idx])
-        val = Split(take(torch.from_numpy(val_idx)), y[val_idx])
-        test = None
+        train, val, test = whole.subset(torch.from_numpy(train_idx)), whole.subset(torch.from_numpy(val_idx)), None
     return ImageDataset.from_splits(f"imagefolder:{root.name}", train, val, len(class_names), scale=1 / 255,
                                     test=test)
 
@@ -411,7 +406,8 @@ def as_image_dataset(data, val_fraction: float = 0.2, split_seed: int = 0) -> Im
     from torch.utils.data import Dataset
 
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Dataset) for d in data):
-        (train, shape, dtype), (val, val_shape, _) = _torch_split(data[0], "training"), _torch_split(data[1], "validation")
+        train, shape, dtype = _torch_split(data[0], "training")
+        val, val_shape, _ = _torch_split(data[1], "validation")
         if val_shape != shape:
             raise NASError(f"training images are {shape} and validation images {val_shape}; they must match")
     elif isinstance(data, Dataset):
