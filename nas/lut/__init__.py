@@ -440,7 +440,7 @@ class MeasuredCost(WholeArchCostModel):
             self.timings = timings
 
     def arch_cost(self, space, arch) -> float:
-        if space.name != self.space.name or space.config() != self.space.config():
+        if space is not self.space and (space.name != self.space.name or space.config() != self.space.config()):
             raise NASError(f"the measured cost model times space {self.space.name!r} at its configuration; it was "
                            f"asked for {space.name!r} at another")
         key = arch.canonical_json()
