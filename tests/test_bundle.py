@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_cli
 
@@ -127,3 +128,30 @@ def test_import_errors(tmp_path):
          "fingerprint": {}, "timings": {}}))
     with pytest.raises(NASError, match="is unfinished .* run run_bundle.py again on the device"):
         import_timings(tmp_path / "b" / "timings.json", "dev", tmp_path / "luts")
+
+
+def test_the_per_layer_rest_of_a_session_call_is_fitted_and_taken_off():
+    """Entries that each hold c ms of their own session call, and networks that do not pay
+    it: the fit finds c from the calibration models, and without them (or with one layer
+    count) nothing is taken off."""
+    from nas.latency import Timing
+    from nas.lut.bundle import layer_entries, residual_call_overhead
+
+    rng = np.random.default_rng(0)
+    true = {f"op{i}": float(v) for i, v in enumerate(rng.uniform(0.01, 0.2, 60))}
+    c = 0.003
+    items = [{"id": key, "kind": "op", "key": key, "input_shape": [8, 4, 4]} for key in true]
+    timings = {key: Timing([ms + c] * 3, 30) for key, ms in true.items()}
+    entries = layer_entries(items, timings)
+    models = []
+    for n in rng.integers(10, 40, 20):
+        keys = list(rng.choice(list(true), int(n), replace=False))
+        models.append((keys, 0.02 + 1.1 * sum(true[k] for k in keys)))  # overhead and in-context scale
+    fitted = residual_call_overhead(entries, models)
+    assert fitted == pytest.approx(c, rel=1e-6)
+    corrected = layer_entries(items, timings, fitted)
+    assert all(corrected[k]["ms"] == pytest.approx(v) for k, v in true.items())
+    assert corrected["op0"]["call_overhead_ms"] == pytest.approx(c) and corrected["op0"]["session_ms"] > true["op0"]
+    assert residual_call_overhead(entries, models[:3]) == 0.0
+    same_count = [(keys[:10], ms) for keys, ms in models]
+    assert residual_call_overhead(entries, same_count) == 0.0
