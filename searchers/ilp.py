@@ -22,7 +22,14 @@ tight, so each solution is found by *reduced-cost fixing* instead:
 
 Every solution carries its proof (:class:`Selection`: the bound and the gap). The bound
 of a restricted solve is HiGHS's dual bound; CBC does not report one, so with CBC it is
-the one its stopping rule guarantees.
+the one its stopping rule guarantees. The bound of an earlier solution's ILP also holds
+for every later one (each adds one overlap constraint), so it is carried forward.
+
+Proving 0.1% gets slow as overlap constraints accumulate. With a time limit per solution,
+each solve is anytime: a local search (numpy) finds a feasible diverse selection first,
+and the restricted ILP, warm-started from it (HiGHS is called directly for that: PuLP's
+HiGHS interface takes no start; CBC through PuLP takes one), improves it until proven or
+out of time; the selection keeps the gap proven by then.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ from nas.costs import format_cost
 from nas.lut import describe_latency, latency_report
 
 SOLVERS = ("auto", "cbc", "highs")
+#: share of a time-limited solve given to the local search before the branch and bound
+LOCAL_SEARCH_SHARE = 0.4
 
 
 def pulp_solver(name: str = "auto", gap: float = 1e-3):
@@ -67,9 +76,10 @@ def pulp_solver(name: str = "auto", gap: float = 1e-3):
 @dataclass
 class Selection:
     """One solution: the op index chosen per layer, its objective and cost, and the proof
-    of its quality: ``bound`` is a proven lower bound on the optimum of its ILP (from the
-    LP relaxation, the reduced-cost threshold and the solver's branch and bound), so the
-    solution is within ``gap`` (relative) of the optimum."""
+    of its quality: ``bound`` is a proven lower bound on the optimum of its ILP (the best
+    of its LP relaxation, the reduced-cost threshold with the solver's branch and bound, and
+    the bound carried from the earlier solutions: each ILP's feasible set lies inside the
+    previous one's), so the solution is within ``gap`` (relative) of the optimum."""
 
     choice: list[int]
     objective: float
@@ -79,6 +89,8 @@ class Selection:
     threshold: float
     variables: int
     seconds: float
+    #: the solve stopped at its time limit (its gap is what was proven by then)
+    timed_out: bool = False
 
     @property
     def gap(self) -> float:
@@ -161,10 +173,149 @@ def _lp(inst: Instance, budget: float, previous: list[np.ndarray], overlap: int,
     return float(res.fun), np.maximum(res.lower.marginals, 0.0)
 
 
+def _local_search(inst: Instance, budget: float, previous: list[np.ndarray], overlap: int, candidates: np.ndarray,
+                  starts: list[np.ndarray], deadline: float, iterations: int = 150) -> np.ndarray | None:
+    """A good feasible selection fast (the primal side of a time-limited solve), or None.
+
+    From each start (chosen variables, one per layer), a best-improvement search over
+    single-layer changes among ``candidates``, on the objective plus penalties for going
+    over the budget and over ``overlap`` with earlier solutions (penalties grow at every
+    local optimum, so the search leaves infeasible regions), and, once feasible, over pairs
+    of changes that keep the budget (one layer takes a costlier, better op, another a
+    cheaper one). A layer just changed is left alone for a few steps. Returns the best
+    feasible selection seen."""
+    starts = [np.asarray(x) for x in starts]
+    moves = np.union1d(candidates, np.concatenate(starts))
+    layer = inst.layer_of[moves]
+    a, b = inst.a[moves], inst.b[moves]
+    earlier = np.array(previous, dtype=np.int64).reshape(len(previous), inst.n_layers)  # solutions x layers
+    shares = (earlier[:, layer] == moves[None, :]).T.astype(np.int32)  # move j's op is solution s's op there
+    position = {int(v): j for j, v in enumerate(moves)}
+    best_value, best = np.inf, None
+    for start in starts:
+        current = np.array([position[int(v)] for v in start])  # the move in force per layer
+        overlaps = shares[current].sum(0)
+        weight_budget, weight_overlap = 1.0, 0.01
+        resting = np.zeros(inst.n_layers, dtype=np.int64)
+        for step in range(iterations):
+            if time.perf_counter() > deadline:
+                break
+            spent, value = b[current].sum(), a[current].sum()
+            over_budget = max(spent - budget, 0.0)
+            over_overlap = np.maximum(overlaps - overlap, 0).sum()
+            feasible = over_budget <= 1e-12 and over_overlap == 0
+            if feasible and value < best_value - 1e-15:
+                best_value, best = value, moves[current].copy()
+            d_overlap = shares - shares[current][layer]  # moves x solutions
+            penalty = (weight_budget * (np.maximum(spent + b - b[current][layer] - budget, 0.0) - over_budget)
+                       + weight_overlap * (np.maximum(overlaps[None, :] + d_overlap - overlap, 0).sum(1) - over_overlap))
+            score = a - a[current][layer] + penalty
+            score[current] = np.inf
+            score[resting[layer] > step] = np.inf
+            j = int(np.argmin(score))
+            if score[j] >= -1e-15:
+                pair = _budget_keeping_pair(a, b, layer, shares, current, overlaps, overlap, budget) if feasible else None
+                if pair is not None:
+                    for m in pair:
+                        overlaps = overlaps - shares[current[layer[m]]] + shares[m]
+                        current[layer[m]] = m
+                    continue
+                weight_budget, weight_overlap = 1.5 * weight_budget, 1.5 * weight_overlap
+                if not np.isfinite(score[j]):
+                    break
+            overlaps = overlaps - shares[current[layer[j]]] + shares[j]
+            current[layer[j]] = j
+            resting[layer[j]] = step + 3
+    return best
+
+
+def _budget_keeping_pair(a, b, layer, shares, current, overlaps, overlap, budget, top: int = 60):
+    """Two single-layer changes that lower the objective together within the budget and
+    the overlap limits (the best such pair among the ``top`` best changes each way), or None."""
+    d_a, d_b = a - a[current][layer], b - b[current][layer]
+    other = np.ones(len(a), dtype=bool)
+    other[current] = False
+    better = np.flatnonzero(other & (d_a < -1e-15))
+    cheaper = np.flatnonzero(other & (d_b < 0))
+    if not len(better) or not len(cheaper):
+        return None
+    better = better[np.argsort(d_a[better])[:top]]
+    cheaper = cheaper[np.argsort(d_a[cheaper] / -d_b[cheaper])[:top]]
+    gain = d_a[better][:, None] + d_a[cheaper][None, :]
+    fits = b[current].sum() + d_b[better][:, None] + d_b[cheaper][None, :] <= budget + 1e-12
+    good = (gain < -1e-15) & fits & (layer[better][:, None] != layer[cheaper][None, :])
+    for flat in np.argsort(np.where(good, gain, np.inf), axis=None)[:200]:
+        u, c = np.unravel_index(flat, gain.shape)
+        if not good[u, c]:
+            break
+        up, down = better[u], cheaper[c]
+        after = (overlaps - shares[current[layer[up]]] + shares[up] - shares[current[layer[down]]] + shares[down])
+        if (after <= overlap).all():
+            return up, down
+    return None
+
+
+def _restricted_highs(inst: Instance, keep: np.ndarray, budget: float, previous: list[np.ndarray], overlap: int,
+                      gap: float, time_limit: float | None, start: np.ndarray | None):
+    """Eq. 3 over the variables ``keep`` with HiGHS called directly (PuLP's HiGHS interface
+    takes no starting solution): (objective, chosen variables, proven lower bound, stopped by
+    the time limit), or None when infeasible or when nothing was found in time. Raises
+    ``RuntimeError`` on a HiGHS solve error."""
+    import highspy
+
+    n = len(keep)
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("threads", 1)
+    h.setOptionValue("mip_rel_gap", float(gap))
+    if time_limit is not None:
+        h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
+    columns = np.arange(n, dtype=np.int32)
+    h.addVars(n, np.zeros(n), np.ones(n))
+    h.changeColsCost(n, columns, inst.a[keep])
+    h.changeColsIntegrality(n, columns, np.full(n, highspy.HighsVarType.kInteger))
+    layer = inst.layer_of[keep]
+    rows = [(1.0, 1.0, np.flatnonzero(layer == i), None) for i in range(inst.n_layers)]
+    rows.append((-highspy.kHighsInf, budget, columns, inst.b[keep]))
+    for p in previous:
+        shared = np.flatnonzero(np.isin(keep, p))
+        if len(shared) > overlap:
+            rows.append((-highspy.kHighsInf, float(overlap), shared, None))
+    starts = np.cumsum([0] + [len(r[2]) for r in rows[:-1]]).astype(np.int32)
+    h.addRows(len(rows), np.array([r[0] for r in rows], float), np.array([r[1] for r in rows], float),
+              int(sum(len(r[2]) for r in rows)), starts, np.concatenate([r[2] for r in rows]).astype(np.int32),
+              np.concatenate([np.ones(len(r[2])) if r[3] is None else r[3] for r in rows]))
+    if start is not None and np.isin(start, keep).all():
+        warm = highspy.HighsSolution()
+        warm.col_value = np.isin(keep, start).astype(float).tolist()
+        warm.value_valid = True
+        h.setSolution(warm)
+    h.run()
+    status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return None
+    if status not in (highspy.HighsModelStatus.kOptimal, highspy.HighsModelStatus.kTimeLimit):
+        raise RuntimeError(h.modelStatusToString(status))
+    if h.getInfo().primal_solution_status != 2:  # nothing feasible within the time limit
+        return None
+    chosen = np.sort(keep[np.array(h.getSolution().col_value) > 0.5])
+    objective = float(inst.a[chosen].sum())
+    bound = float(h.getInfo().mip_dual_bound)
+    return objective, chosen, min(bound, objective), status == highspy.HighsModelStatus.kTimeLimit
+
+
 def _restricted_ilp(inst: Instance, keep: np.ndarray, budget: float, previous: list[np.ndarray], overlap: int,
-                    solver, gap: float) -> tuple[float, np.ndarray, float] | None:
-    """Eq. 3 over the variables ``keep`` only, with PuLP: (objective, chosen variables,
-    proven lower bound on this restricted ILP's optimum), or None when infeasible."""
+                    solver, gap: float, time_limit: float | None = None, start: np.ndarray | None = None):
+    """Eq. 3 over the variables ``keep`` only: (objective, chosen variables, proven lower
+    bound on this restricted ILP's optimum, stopped by the time limit), or None when
+    infeasible (or when nothing was found within ``time_limit`` seconds). HiGHS is called
+    directly; CBC through PuLP (``start``, a feasible selection, is its warm start)."""
+    if isinstance(solver, pulp.HiGHS):
+        try:
+            return _restricted_highs(inst, keep, budget, previous, overlap, gap, time_limit, start)
+        except RuntimeError:
+            # HiGHS 1.x occasionally ends a small model in "solve error"; CBC then decides it.
+            solver = pulp_solver("cbc", gap)
     prob = pulp.LpProblem("hant_selection", pulp.LpMinimize)
     x = {int(v): prob.add_variable(f"x{int(v)}", cat="Binary") for v in keep}
     prob += pulp.lpSum(inst.a[v] * x[v] for v in x)
@@ -178,30 +329,43 @@ def _restricted_ilp(inst: Instance, keep: np.ndarray, budget: float, previous: l
         shared = [x[int(v)] for v in p if int(v) in x]
         if len(shared) > overlap:
             prob += pulp.lpSum(shared) <= overlap, f"overlap_{k}"
+    warm = start is not None and all(int(v) in x for v in start)
+    if warm:
+        for v in start:
+            x[int(v)].setInitialValue(1)
+    if time_limit is not None or warm:
+        solver = copy.copy(solver)
+        solver.timeLimit = None if time_limit is None else max(float(time_limit), 1.0)  # CBC counts whole seconds
+        solver.optionsDict = dict(getattr(solver, "optionsDict", {}), warmStart=warm)
     status = pulp.LpStatus[prob.solve(solver)]
-    if status not in ("Optimal", "Infeasible") and isinstance(solver, pulp.HiGHS):
-        # HiGHS 1.x occasionally ends a small model in "solve error"; CBC then decides it.
-        solver = pulp_solver("cbc", gap)
-        status = pulp.LpStatus[prob.solve(solver)]
     if status == "Infeasible":
         return None
     if status != "Optimal":
+        if time_limit is not None and status == "Not Solved":
+            return None  # nothing found in time
         raise NASError(f"the ILP solver ended with status {status!r}")
     chosen = np.array(sorted(v for v in x if x[v].value() > 0.5))
     objective = float(inst.a[chosen].sum())
-    if isinstance(solver, pulp.HiGHS):
-        bound = float(prob.solverModel.getInfo().mip_dual_bound)
-    else:  # CBC stops once its own bound is within gapRel of its best solution
-        bound = objective - gap * abs(objective)
-    return objective, chosen, min(bound, objective)
+    proven = prob.sol_status == pulp.LpSolutionOptimal
+    # CBC stops once its own bound is within gapRel of its best solution; stopped by the
+    # time limit it proves nothing of its own
+    bound = objective - gap * abs(objective) if proven else -np.inf
+    return objective, chosen, min(bound, objective), not proven
 
 
 def select_ops(scores, costs, budget: float, k: int = 1, overlap: int | None = None, solver: str = "auto",
-               gap: float = 1e-3, on_solution=None) -> list[Selection]:
+               gap: float = 1e-3, time_limit: float | None = None, on_solution=None) -> list[Selection]:
     """Up to ``k`` solutions of Eq. 3, in order, each proven within ``gap`` (relative) of
     the optimum of its ILP (the budget, one op per layer, at most ``overlap`` layers in
     common with every earlier solution; default ``floor(0.7 * layers)``). Fewer are
     returned when no further solution exists.
+
+    ``time_limit`` (seconds per solution after its LP relaxation; None: none) makes every
+    solve anytime: a local search from the LP's choice and from the previous solution gives
+    a feasible selection first, the branch and bound improves it until proven within
+    ``gap`` or out of time, and the selection carries the gap proven by then
+    (``Selection.timed_out``). A solve that has found nothing feasible by then goes on
+    until it has.
 
     ``scores[i][j]`` and ``costs[i][j]`` belong to op j of layer i. NASError, naming the
     smallest achievable cost, when no selection fits the budget.
@@ -211,6 +375,8 @@ def select_ops(scores, costs, budget: float, k: int = 1, overlap: int | None = N
         raise NASError(f"the ILP needs k >= 1 solutions, got {k}")
     if not 0 <= gap < 1:
         raise NASError(f"the ILP's relative gap must be in [0, 1), got {gap}")
+    if time_limit is not None and not time_limit > 0:
+        raise NASError(f"the ILP's time limit per solution must be > 0 seconds (or None), got {time_limit}")
     overlap = int(0.7 * inst.n_layers) if overlap is None else int(overlap)
     if not 0 <= overlap <= inst.n_layers:
         raise NASError(f"the overlap limit must be between 0 and the number of layers ({inst.n_layers}), got {overlap}")
@@ -220,37 +386,66 @@ def select_ops(scores, costs, budget: float, k: int = 1, overlap: int | None = N
     backend = pulp_solver(solver, gap)
     previous: list[np.ndarray] = []
     out: list[Selection] = []
+    carried = -np.inf  # a bound of an earlier ILP holds for every later one (a subset of its selections)
     for _ in range(k):
         start = time.perf_counter()
         allowed = _undominated(inst, previous)
         lp = _lp(inst, budget, previous, overlap, allowed)
         if lp is None:
             break  # no selection differs enough from the earlier ones within the budget
+        searched = time.perf_counter()
+        deadline = None if time_limit is None else searched + time_limit
         lp_bound, reduced = lp
-        # Start with the LP's support and each layer's few next-best ops.
         reduced = np.where(allowed, reduced, np.inf)
         per_layer = [np.sort(reduced[inst.offsets[i]:inst.offsets[i + 1]]) for i in range(inst.n_layers)]
         tau = float(np.median([r[min(2, int(np.isfinite(r).sum()) - 1)] for r in per_layer]))
+        incumbent = None
+        if deadline is not None:
+            # the LP's own choice per layer and the previous solution, repaired and improved,
+            # among each layer's eight best ops by reduced cost
+            order = [inst.offsets[i] + np.argsort(reduced[inst.offsets[i]:inst.offsets[i + 1]])
+                     for i in range(inst.n_layers)]
+            candidates = np.concatenate([o[:8] for o in order])
+            starts = [np.array([o[0] for o in order])] + previous[-1:]
+            incumbent = _local_search(inst, budget, previous, overlap, candidates, starts,
+                                      searched + LOCAL_SEARCH_SHARE * time_limit)
+            if incumbent is not None:
+                tau = max(tau, float(inst.a[incumbent].sum()) - lp_bound)
+        found, timed_out = None, False
         while True:
             keep = np.flatnonzero(reduced <= tau + 1e-9)
-            found = _restricted_ilp(inst, keep, budget, previous, overlap, backend, gap)
-            if found is None:  # infeasible with these variables: admit more
+            if incumbent is not None:
+                keep = np.union1d(keep, incumbent)
+            remaining = None if deadline is None else deadline - time.perf_counter()
+            result = _restricted_ilp(inst, keep, budget, previous, overlap, backend, gap, remaining, incumbent)
+            if result is None and deadline is not None and time.perf_counter() >= deadline:
+                if incumbent is None and found is None:
+                    deadline = None  # nothing feasible yet: solve on until there is
+                    continue
+                timed_out = True  # nothing better than the incumbent in time
+                break
+            if result is None:  # infeasible with these variables: admit more
                 if len(keep) == int(allowed.sum()):
                     break
                 tau = 2 * tau + 1e-6
                 continue
-            if found[0] <= lp_bound + tau + 1e-9 * max(1.0, abs(found[0])):
-                break  # every solution using an excluded variable costs at least lp_bound + tau
+            found, timed_out = result[:3], result[3]
+            if timed_out or found[0] <= lp_bound + tau + 1e-9 * max(1.0, abs(found[0])):
+                break  # proven (every solution using an excluded variable costs >= lp_bound + tau), or out of time
             tau = found[0] - lp_bound
-        if found is None:
+            incumbent = found[1]
+        if found is None and incumbent is None:
             break
+        if found is None or (incumbent is not None and inst.a[incumbent].sum() < found[0]):
+            found = (float(inst.a[incumbent].sum()), incumbent, -np.inf)
         objective, chosen, restricted_bound = found
         # The optimum either uses only kept variables (>= restricted_bound) or not (>= lp_bound + tau).
-        bound = max(lp_bound, min(restricted_bound, lp_bound + tau))
+        bound = min(max(lp_bound, min(restricted_bound, lp_bound + tau), carried), objective)
+        carried = bound
         choice = (chosen - inst.offsets[inst.layer_of[chosen]]).tolist()
         previous.append(chosen)
         selection = Selection(choice, objective, float(inst.b[chosen].sum()), bound, lp_bound, tau, len(keep),
-                              time.perf_counter() - start)
+                              time.perf_counter() - start, timed_out)
         out.append(selection)
         if on_solution is not None:
             on_solution(selection)
@@ -275,7 +470,8 @@ class ILPSearch(Searcher):
        out of every training) when one layer is swapped;
     4. ``k`` diverse selections by :func:`select_ops` under the budget (the run's
        ``budget``, else ``budget_ratio`` times the teacher's cost, which then becomes the
-       run's budget);
+       run's budget), each proven within ``gap`` or, with ``time_limit`` (seconds per
+       selection), the best found in that time with the gap proven by then;
     5. each selection with its pretrained ops ranked by its loss on the held-out examples;
        the best fine-tuned for ``finetune_epochs`` with distillation from the teacher, and
        recorded (with the teacher) in the ledger with its validation accuracy.
@@ -286,7 +482,7 @@ class ILPSearch(Searcher):
     distributed = True  # pretraining (step 2) is shared by torchrun's processes
 
     def __init__(self, k: int = 10, overlap: int | None = None, solver: str = "auto", gap: float = 1e-3,
-                 budget_ratio: float = 0.6, zero_shot: bool = False, prefilter: bool = True,
+                 time_limit: float | None = None, budget_ratio: float = 0.6, zero_shot: bool = False, prefilter: bool = True,
                  teacher_weights: str | None = None, teacher_epochs: int = 4, pretrain_epochs: int = 1,
                  pretrain_batches: int | None = None, pretrain_lr: float = 2e-3, batch_size: int = 64,
                  held_out: int = 512, checkpoint_every: int = 20, finetune_epochs: int = 2,
@@ -298,6 +494,8 @@ class ILPSearch(Searcher):
             raise NASError(f"unknown searcher.solver {solver!r}; accepted: {', '.join(map(repr, SOLVERS))}")
         if not 0 <= gap < 1:
             raise NASError(f"searcher.gap must be in [0, 1), got {gap}")
+        if time_limit is not None and not time_limit > 0:
+            raise NASError(f"searcher.time_limit must be > 0 seconds per selection, or null (none), got {time_limit}")
         if not 0 < budget_ratio:
             raise NASError(f"searcher.budget_ratio must be > 0, got {budget_ratio}")
         for field, value in (("teacher_epochs", teacher_epochs), ("finetune_epochs", finetune_epochs)):
@@ -309,6 +507,7 @@ class ILPSearch(Searcher):
         if pretrain_batches is not None and pretrain_batches < 1:
             raise NASError(f"searcher.pretrain_batches must be >= 1 or null, got {pretrain_batches}")
         self.k, self.overlap, self.solver, self.gap, self.budget_ratio = k, overlap, solver, gap, budget_ratio
+        self.time_limit = time_limit
         self.zero_shot, self.prefilter, self.teacher_weights = zero_shot, prefilter, teacher_weights
         self.teacher_epochs, self.pretrain_epochs, self.pretrain_batches = teacher_epochs, pretrain_epochs, pretrain_batches
         self.pretrain_lr, self.batch_size, self.held_out = pretrain_lr, batch_size, held_out
@@ -469,7 +668,8 @@ class ILPSearch(Searcher):
         return loss_changes(run.net, options, xh.to(run.device, memory_format=torch.channels_last), yh.to(run.device))
 
     def select(self, run, scores, costs, fixed) -> list[Selection]:
-        selections = select_ops(scores, costs, run.problem.budget - fixed, self.k, self.overlap, self.solver, self.gap)
+        selections = select_ops(scores, costs, run.problem.budget - fixed, self.k, self.overlap, self.solver, self.gap,
+                                self.time_limit)
         if not selections:
             raise NASError("the ILP found no selection within the budget")
         return selections
@@ -490,7 +690,7 @@ class ILPSearch(Searcher):
             acc, loss = accuracy(run.net, run.train_data, run.held, space.input_shape, 256, run.device,
                                  arch=to_arch(sel))
             candidates.append({"solution": rank + 1, "arch": dict(to_arch(sel)), "objective": sel.objective,
-                               "proven_gap": sel.gap, "cost": fixed + sel.cost, "held_out_loss": loss,
+                               "proven_gap": sel.gap, "timed_out": sel.timed_out, "cost": fixed + sel.cost, "held_out_loss": loss,
                                "held_out_accuracy": acc})
             problem.log_progress(rank + 1, {"selection: objective": sel.objective, "selection: proven gap": sel.gap,
                                             "selection: cost": fixed + sel.cost, "selection: held-out loss": loss})
@@ -524,8 +724,11 @@ class ILPSearch(Searcher):
                 f"candidates: {extras['candidates_searched']} of {n_options}"
                 + (" (zero-shot: teacher and identity)" if self.zero_shot else
                    " (prefiltered: no costlier than the teacher's layer)" if self.prefilter else ""),
-                f"ILP: {len(selections)} selections under {format_cost(problem.budget, unit)}, largest proven gap "
-                f"{max(s.gap for s in selections):.3%}, {sum(s.seconds for s in selections):.2f} s; "
+                f"ILP: {len(selections)} selections under {format_cost(problem.budget, unit)}, proven gap median "
+                f"{np.median([s.gap for s in selections]):.3%}, largest {max(s.gap for s in selections):.3%}, "
+                f"{sum(s.seconds for s in selections):.2f} s"
+                + (f" ({sum(s.timed_out for s in selections)} stopped at the {self.time_limit:g} s limit)"
+                   if self.time_limit is not None else "") + "; "
                 f"solution {extras['chosen_solution']} has the lowest held-out loss ({best['held_out_loss']:.4f})",
                 f"found: {metric} {found.quality:.4f} after fine-tuning with distillation, "
                 f"{cost_model.name} {format_cost(found.cost, unit)} ({found.cost / teacher['cost']:.0%} of the teacher)"]

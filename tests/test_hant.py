@@ -226,14 +226,18 @@ def test_cli_hant_ilp_end_to_end(tmp_path, cli_env):
     args = ["space=hant", "space.resolution=16", "space.in_channels=3", "space.num_classes=4",
             f"space.pool=[{','.join(SMALL_POOL)}]", "searcher=ilp", "searcher.k=3", "searcher.teacher_epochs=1",
             "searcher.pretrain_batches=3", "searcher.held_out=64", "searcher.finetune_epochs=1", "data=synthetic",
-            "data.n=300", "evaluator.epochs=1", "target=macs", "progress=false", "run_name=h"]
+            "data.n=300", "evaluator.epochs=1", "target=macs", "searcher.time_limit=2", "progress=false",
+            "run_name=h"]
     out = run_cli(args, tmp_path, cli_env)
     assert out.returncode == 0, out.stderr
     assert "teacher (trained here" in out.stdout and "after fine-tuning with distillation" in out.stdout
+    assert "3 selections under" in out.stdout and "proven gap median" in out.stdout and "at the 2 s limit" in out.stdout
     result = json.loads((tmp_path / "runs" / "h" / "result.json").read_text())
     assert result["searcher"] == "ilp" and result["weights"] == "model.pt"
     bad = run_cli(args[:-1] + ["run_name=h2", "budget=1"], tmp_path, cli_env)
     assert bad.returncode == 2 and "infeasible" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_cli(args[:-1] + ["run_name=h3", "searcher.time_limit=0"], tmp_path, cli_env)
+    assert bad.returncode == 2 and "searcher.time_limit must be > 0 seconds" in bad.stderr
 
 
 class TwoLayerTeacher(nas.Space):

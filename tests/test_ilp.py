@@ -90,19 +90,66 @@ def test_infeasible_budget_names_the_smallest_cost_and_bad_input_is_refused():
 def test_a_highs_solve_error_falls_back_to_cbc(monkeypatch):
     import pulp
 
+    import searchers.ilp as ilp
+
     if not pulp.HiGHS(msg=False).available():
         pytest.skip("highspy is not installed")
-    real_solve = pulp.LpProblem.solve
+    real = ilp._restricted_highs
     failed = []
 
-    def solve(self, solver=None, **kw):
-        if isinstance(solver, pulp.HiGHS) and not failed:  # HiGHS's occasional "solve error"
+    def restricted_highs(*args, **kw):
+        if not failed:  # HiGHS's occasional "solve error"
             failed.append(True)
-            return pulp.LpStatusNotSolved
-        return real_solve(self, solver, **kw)
+            raise RuntimeError("Solve error")
+        return real(*args, **kw)
 
-    monkeypatch.setattr(pulp.LpProblem, "solve", solve)
+    monkeypatch.setattr(ilp, "_restricted_highs", restricted_highs)
     scores, costs = instance(3)
     budget = 0.6 * costs[:, 0].sum()
     (sol,) = select_ops(scores, costs, budget, k=1, solver="highs", gap=0.0)
     assert failed and sol.objective == pytest.approx(brute_force(scores, costs, budget, [], 4))
+
+
+@pytest.mark.parametrize("solver", ["cbc", "auto"])
+def test_time_limited_solutions_are_feasible_with_valid_bounds(solver):
+    """With a time limit every solve is anytime: a feasible, diverse selection within the
+    budget, whose bound (its own, or carried from an earlier ILP) never exceeds the brute-force
+    optimum of its ILP; given enough time, the optimum itself."""
+    scores, costs = instance(11, layers=5, ops=6)
+    budget, overlap = 0.6 * 5, 3
+    solutions = select_ops(scores, costs, budget, k=6, overlap=overlap, solver=solver, gap=0.0, time_limit=5.0)
+    assert len(solutions) == 6
+    previous = []
+    for sol in solutions:
+        optimum = brute_force(scores, costs, budget, previous, overlap)
+        assert sol.cost <= budget + 1e-9
+        assert all(sum(a == b for a, b in zip(sol.choice, p)) <= overlap for p in previous)
+        assert sol.bound <= optimum + 1e-9 <= sol.objective + 2e-9
+        assert sol.objective == pytest.approx(optimum, abs=1e-9) and not sol.timed_out
+        previous.append(sol.choice)
+    bounds = [s.bound for s in solutions]
+    assert bounds == sorted(bounds)  # carried: never lower than an earlier ILP's
+
+
+def test_local_search_finds_feasible_diverse_selections():
+    """The primal heuristic alone: feasible (budget and overlap) and, on a small instance,
+    close to the brute-force optimum."""
+    import time
+
+    from searchers.ilp import Instance, _local_search
+
+    scores, costs = instance(5, layers=6, ops=5)
+    inst = Instance(scores, costs)
+    budget, overlap = 0.6 * 6, 3
+    previous, values = [], []
+    for _ in range(4):
+        starts = [inst.offsets[:-1] + np.argmin(scores, axis=1)] + previous[-1:]
+        found = _local_search(inst, budget, previous, overlap, np.arange(len(inst.a)), starts,
+                              time.perf_counter() + 5, iterations=300)
+        assert found is not None and inst.b[found].sum() <= budget + 1e-9
+        assert all(np.isin(found, p).sum() <= overlap for p in previous)
+        optimum = brute_force(scores, costs, budget, [p - inst.offsets[:-1] for p in previous], overlap)
+        values.append((inst.a[found].sum(), optimum))
+        previous.append(np.sort(found))
+    assert all(v >= o - 1e-12 for v, o in values)
+    assert sum(v for v, _ in values) <= 1.1 * sum(o for _, o in values)
