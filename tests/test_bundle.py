@@ -155,3 +155,5 @@ def test_the_per_layer_rest_of_a_session_call_is_fitted_and_taken_off():
     assert residual_call_overhead(entries, models[:3]) == 0.0
     same_count = [(keys[:10], ms) for keys, ms in models]
     assert residual_call_overhead(entries, same_count) == 0.0
+    slower_inside = [(keys, ms + 0.01 * len(keys)) for keys, ms in models]  # not a rest of a call
+    assert residual_call_overhead(entries, slower_inside) == 0.0
