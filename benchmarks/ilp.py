@@ -117,10 +117,10 @@ def main() -> None:
         print(f"  1. first solution: {time.perf_counter() - wall:.3f} s wall, {cpu_seconds() - cpu:.3f} CPU-s, "
               f"objective {first.objective:.6f}, proven gap {first.gap:.4%}", flush=True)
 
-        marks = {}
+        marks, found = {}, []
         cpu, wall = cpu_seconds(), time.perf_counter()
 
-        def on_solution(sol, found=[]):  # noqa: B006 - counts solutions across calls of this run only
+        def on_solution(sol):
             found.append(sol)
             if len(found) == 10:
                 marks[10] = (cpu_seconds() - cpu, time.perf_counter() - wall)

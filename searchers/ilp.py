@@ -335,7 +335,7 @@ def _restricted_ilp(inst: Instance, keep: np.ndarray, budget: float, previous: l
             x[int(v)].setInitialValue(1)
     if time_limit is not None or warm:
         solver = copy.copy(solver)
-        solver.timeLimit = None if time_limit is None else max(float(time_limit), 1.0)  # CBC counts whole seconds
+        solver.timeLimit = None if time_limit is None else max(float(time_limit), 1e-2)
         solver.optionsDict = dict(getattr(solver, "optionsDict", {}), warmStart=warm)
     status = pulp.LpStatus[prob.solve(solver)]
     if status == "Infeasible":
@@ -397,16 +397,17 @@ def select_ops(scores, costs, budget: float, k: int = 1, overlap: int | None = N
         deadline = None if time_limit is None else searched + time_limit
         lp_bound, reduced = lp
         reduced = np.where(allowed, reduced, np.inf)
-        per_layer = [np.sort(reduced[inst.offsets[i]:inst.offsets[i + 1]]) for i in range(inst.n_layers)]
-        tau = float(np.median([r[min(2, int(np.isfinite(r).sum()) - 1)] for r in per_layer]))
+        # each layer's allowed variables, by reduced cost
+        by_reduced = [inst.offsets[i] + np.argsort(reduced[inst.offsets[i]:inst.offsets[i + 1]])
+                      for i in range(inst.n_layers)]
+        by_reduced = [v[np.isfinite(reduced[v])] for v in by_reduced]
+        tau = float(np.median([reduced[v[min(2, len(v) - 1)]] for v in by_reduced]))
         incumbent = None
         if deadline is not None:
             # the LP's own choice per layer and the previous solution, repaired and improved,
             # among each layer's eight best ops by reduced cost
-            order = [inst.offsets[i] + np.argsort(reduced[inst.offsets[i]:inst.offsets[i + 1]])
-                     for i in range(inst.n_layers)]
-            candidates = np.concatenate([o[:8] for o in order])
-            starts = [np.array([o[0] for o in order])] + previous[-1:]
+            candidates = np.concatenate([v[:8] for v in by_reduced])
+            starts = [np.array([v[0] for v in by_reduced])] + previous[-1:]
             incumbent = _local_search(inst, budget, previous, overlap, candidates, starts,
                                       searched + LOCAL_SEARCH_SHARE * time_limit)
             if incumbent is not None:
