@@ -52,6 +52,8 @@ from nas.lut import describe_latency, latency_report
 SOLVERS = ("auto", "cbc", "highs")
 #: share of a time-limited solve given to the local search before the branch and bound
 LOCAL_SEARCH_SHARE = 0.4
+#: ops per layer (the best by reduced cost) the local search may choose
+LOCAL_SEARCH_OPS = 8
 
 
 def pulp_solver(name: str = "auto", gap: float = 1e-3):
@@ -406,12 +408,10 @@ def select_ops(scores, costs, budget: float, k: int = 1, overlap: int | None = N
         if deadline is not None:
             # the LP's own choice per layer and the previous solution, repaired and improved,
             # among each layer's eight best ops by reduced cost
-            candidates = np.concatenate([v[:8] for v in by_reduced])
+            candidates = np.concatenate([v[:LOCAL_SEARCH_OPS] for v in by_reduced])
             starts = [np.array([v[0] for v in by_reduced])] + previous[-1:]
             incumbent = _local_search(inst, budget, previous, overlap, candidates, starts,
                                       searched + LOCAL_SEARCH_SHARE * time_limit)
-            if incumbent is not None:
-                tau = max(tau, float(inst.a[incumbent].sum()) - lp_bound)
         found, timed_out = None, False
         while True:
             keep = np.flatnonzero(reduced <= tau + 1e-9)
