@@ -17,7 +17,7 @@ from nas.arch import Arch
 from nas.costs import CostModel, format_cost
 from nas.errors import NASError
 from nas.evaluators import Evaluator, TrainingRecipe
-from nas.ledger import Evaluation, Ledger, ProgressLog, beating
+from nas.ledger import HEARTBEAT_GRACE_SECONDS, Evaluation, Ledger, ProgressLog, beating
 from nas.registry import SEARCHERS
 from nas.space import Space
 from nas.world import World
@@ -236,6 +236,26 @@ class SearchProblem:
                     done[arch.key()] = evaluation
             waiting = still
         return [done[a.key()] for a in archs]
+
+    def read_back_shared_search(self) -> None:
+        """Make this worker's history the whole shared search (for searchers whose workers
+        propose in parallel): wait until the other workers start no more evaluations (a
+        worker may still be between counting the ledger and claiming its last candidate)
+        and read theirs back. A worker on another host that died without saying so is
+        waited for at most HEARTBEAT_GRACE_SECONDS after the last evaluation arrived."""
+        self.ledger.done_searching()
+        quiet_since = time.time()
+        while True:
+            self.ledger.refresh()
+            rest = [e.arch for e in self.ledger.evaluations()] + self.ledger.others_evaluating()
+            rest = [arch for arch in rest if self.seen(arch) is None]
+            if rest:
+                self.evaluate_many(rest)  # waits for the ones under way
+                quiet_since = time.time()
+            elif not self.ledger.still_searching() or time.time() - quiet_since > HEARTBEAT_GRACE_SECONDS:
+                return
+            else:
+                time.sleep(self.poll_seconds)
 
     @property
     def shared(self) -> bool:

@@ -20,7 +20,6 @@ search is exactly the single-process one.
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 import optuna
@@ -28,51 +27,36 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
 from nas import Arch, NASError, Searcher, register_searcher
-from nas.ledger import HEARTBEAT_GRACE_SECONDS
 
 SAMPLERS = ("tpe", "nsga2", "random")
+
+
+def population_for(n_evals: int) -> int:
+    """NSGA-II's generation size for ``n_evals`` evaluations: a tenth of them, at least 4
+    (smaller generations hardly recombine) and at most 20 (Optuna's default)."""
+    return max(4, min(20, n_evals // 10))
 
 
 @register_searcher("optuna")
 class OptunaSearch(Searcher):
     """An Optuna sampler over the space's decisions: ``tpe`` (best quality under the budget),
-    ``nsga2`` (the quality/cost Pareto front; ``population_size`` well below ``n_evals``) or
+    ``nsga2`` (the quality/cost Pareto front; ``population_size`` null: sized to ``n_evals``, a
+    tenth of it within [4, 20]: ten generations from 40 to 200 evaluations) or
     ``random``; ``max_proposals_per_eval`` bounds the proposals priced per evaluation."""
 
     def __init__(self, n_evals: int = 20, sampler: str = "tpe", n_startup_trials: int = 10,
-                 population_size: int = 20, max_proposals_per_eval: int = 50):
+                 population_size: int | None = None, max_proposals_per_eval: int = 50):
         if sampler not in SAMPLERS:
             raise NASError(f"unknown optuna sampler {sampler!r}; accepted: {', '.join(map(repr, SAMPLERS))}")
         if n_evals < 1:
             raise NASError(f"searcher.n_evals must be >= 1, got {n_evals}")
-        if population_size < 2:
+        if population_size is not None and population_size < 2:
             raise NASError(f"searcher.population_size must be >= 2, got {population_size}")
         self.n_evals = n_evals
         self.sampler = sampler
         self.n_startup_trials = n_startup_trials
-        self.population_size = population_size
+        self.population_size = population_size if population_size is not None else population_for(n_evals)
         self.max_proposals_per_eval = max_proposals_per_eval
-
-    @staticmethod
-    def _read_back_shared_search(problem) -> None:
-        """Make the result the whole shared search: wait until the other workers start no
-        more evaluations (a worker may still be between counting the ledger and claiming
-        its last candidate) and read theirs back. A worker on another host that died
-        without saying so is waited for at most HEARTBEAT_GRACE_SECONDS after the last
-        evaluation arrived."""
-        problem.ledger.done_searching()
-        quiet_since = time.time()
-        while True:
-            problem.ledger.refresh()
-            rest = [e.arch for e in problem.ledger.evaluations()] + problem.ledger.others_evaluating()
-            rest = [arch for arch in rest if problem.seen(arch) is None]
-            if rest:
-                problem.evaluate_many(rest)  # waits for the ones under way
-                quiet_since = time.time()
-            elif not problem.ledger.still_searching() or time.time() - quiet_since > HEARTBEAT_GRACE_SECONDS:
-                return
-            else:
-                time.sleep(problem.poll_seconds)
 
     def _make_sampler(self, seed: int):
         if self.sampler == "tpe":
@@ -151,5 +135,5 @@ class OptunaSearch(Searcher):
             told.add(arch.key())
             tell(trial, evaluation.quality, evaluation.cost)
         if together:
-            self._read_back_shared_search(problem)
+            problem.read_back_shared_search()
         return problem.result(proposals=proposals, skipped_over_budget=over_budget, sampler=self.sampler)

@@ -235,3 +235,36 @@ def test_tunas_errors():
         nas.get_space("uib", skeleton="large")
     with pytest.raises(NASError, match="must include 3 and 0"):
         nas.get_space("uib", kernels=[5, 7])
+
+
+def test_inherited_accuracy_ranks_paths_without_touching_the_supernet():
+    # A toy supernet on synthetic data: each path's inherited accuracy is its exported
+    # model's, with BatchNorm statistics re-estimated on that path alone; the supernet's
+    # own weights and statistics stay as they were.
+    from nas.training.supernet import inherited_accuracy, ranking_agreement
+    from nas.training.train import accuracy, recalibrate_batchnorm
+
+    data = nas.get_dataset("synthetic", n=96, num_classes=4, in_channels=3, resolution=16)
+    space = nas.get_space("uib", resolution=16, in_channels=3, num_classes=4)
+    evaluator = nas.get_evaluator("train")
+    evaluator.bind(space, data)
+    data = evaluator.data
+    torch.manual_seed(0)
+    supernet = space.supernet()
+    randomise_batchnorm(supernet)
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    archs = [space.sample(np.random.default_rng(s)) for s in range(4)]
+    inherited = [inherited_accuracy(supernet, a, data, space.input_shape, 32, "cpu") for a in archs]
+    assert all(torch.equal(v, supernet.state_dict()[k]) for k, v in before.items())
+    for arch, got in zip(archs, inherited):
+        model = supernet.export(arch).to(memory_format=torch.channels_last)
+        recalibrate_batchnorm(model, data, space.input_shape, 32, "cpu")
+        with torch.no_grad():
+            assert got == accuracy(model, data, data.val, space.input_shape, 32, "cpu")[0]
+    # the metric: the same order is 1, the reverse -1, whatever the scale
+    scores = [0.1, 0.5, 0.3, 0.9]
+    assert ranking_agreement(scores, [10 * s for s in scores]) == {"kendall_tau": 1.0, "spearman": 1.0, "paths": 4}
+    assert ranking_agreement(scores, [-s for s in scores])["kendall_tau"] == -1.0
+    assert ranking_agreement([0.1, 0.2, 0.3], [0.3, 0.1, 0.2])["kendall_tau"] == pytest.approx(-1 / 3)
+    with pytest.raises(ValueError, match="two equally long lists"):
+        ranking_agreement([0.1], [0.2])

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from scipy.stats import kendalltau, spearmanr
 from torch import nn
 
+from nas.training.train import accuracy, recalibrate_batchnorm
 from nas.world import World
 
 
@@ -179,3 +181,25 @@ class SharedConv(nn.Module):
             conv.weight.copy_(self.weight[self.weight_index(c_out, conv.in_channels, k)])
             for name in ("weight", "bias", "running_mean", "running_var"):
                 getattr(bn, name).copy_(getattr(self.bn, name)[:c_out])
+
+
+def inherited_accuracy(supernet: nn.Module, arch, data, input_shape, batch_size: int, device,
+                       calibration_batches: int = 20) -> float:
+    """Validation accuracy of ``arch`` with the weights it inherits from ``supernet`` (a
+    space's supernet with ``export(arch)``): its standalone model with those weights, whose
+    BatchNorm statistics are re-estimated on training batches first, since statistics
+    shared by every path describe none of them. The supernet itself is left unchanged."""
+    model = supernet.export(arch).to(device, memory_format=torch.channels_last)
+    recalibrate_batchnorm(model, data, input_shape, batch_size, device, calibration_batches)
+    with torch.no_grad():
+        return accuracy(model, data, data.val, input_shape, batch_size, device)[0]
+
+
+def ranking_agreement(inherited, standalone) -> dict:
+    """How well a supernet ranks paths: Kendall's tau-b and Spearman's rho between their
+    accuracies with inherited weights and trained alone (1: the same order; 0: unrelated)."""
+    if len(inherited) != len(standalone) or len(inherited) < 2:
+        raise ValueError(f"ranking needs two equally long lists of at least 2 accuracies, got "
+                         f"{len(inherited)} and {len(standalone)}")
+    return {"kendall_tau": float(kendalltau(inherited, standalone).statistic),
+            "spearman": float(spearmanr(inherited, standalone).statistic), "paths": len(inherited)}

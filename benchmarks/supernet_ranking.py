@@ -1,0 +1,122 @@
+"""Supernet ranking: Kendall's tau between the accuracy of paths with weights inherited from
+a trained UIB supernet (BatchNorm recalibrated) and their accuracy trained alone.
+
+The supernet is trained as TuNAS's shared weights are (SliceSGD, cosine schedule, batch
+64) on uniformly sampled paths; with ``--sandwich``, each step also trains the largest and
+the smallest path and the sampled paths learn from the largest one's soft labels
+(in-place distillation, as in BigNAS / OFA), at four paths' work per step. ``--paths`` distinct paths are drawn
+uniformly; each is trained alone by the `train` evaluator (the default recipe: 2 epochs)
+under two seeds, whose own tau is the ceiling any supernet can reach on this task.
+
+    python benchmarks/supernet_ranking.py [--paths 20] [--steps 500] [--variants uniform sandwich]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import nas
+from nas.training.harness import cosine_lr, set_lr
+from nas.training.supernet import inherited_accuracy, ranking_agreement
+from nas.training.train import load_batch, sample_indices
+
+
+def extreme_path(space, pick):
+    """Each numeric decision at its largest (``max``) or smallest (``min``) option; others
+    at the default arch's."""
+    base = dict(space.default_arch())
+    for d in space.decisions():
+        if all(isinstance(o, (int, float)) for o in d.options):
+            base[d.name] = pick(d.options)
+    return space.validate(nas.Arch(base))
+
+
+def train_supernet(space, data, steps: int, batch_size: int, lr: float, sandwich: bool, seed: int):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    supernet = space.supernet()
+    supernet.to(memory_format=torch.channels_last)
+    optimizer = supernet.optimizer(lr, momentum=0.9, weight_decay=4e-5)
+    pool = torch.arange(len(data.train))
+    largest, smallest = extreme_path(space, max), extreme_path(space, min)
+    supernet.train()
+    for step in range(steps):
+        set_lr(optimizer, cosine_lr(lr, step, steps))
+        x, y = load_batch(data, sample_indices(pool, batch_size, gen), space.input_shape, "cpu")
+        optimizer.zero_grad(set_to_none=True)
+        if sandwich:
+            logits = supernet(x, largest)
+            F.cross_entropy(logits, y).backward()
+            soft = logits.detach().softmax(1)
+            for arch in (smallest, space.sample(rng), space.sample(rng)):
+                F.cross_entropy(supernet(x, arch), soft).backward()
+        else:
+            F.cross_entropy(supernet(x, space.sample(rng)), y).backward()
+        optimizer.step()
+    return supernet
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paths", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--variants", nargs="+", default=["uniform", "sandwich"], choices=["uniform", "sandwich"],
+                        help="how the supernet is trained (each variant is its own supernet)")
+    parser.add_argument("--data", default="mnist5k")
+    parser.add_argument("--epochs", type=int, default=2, help="standalone training of each path")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    data = nas.get_dataset(args.data)
+    # the space at the data set's shape and classes, as the CLI fills them
+    space = nas.get_space("uib", resolution=data.resolution, in_channels=data.in_channels,
+                          num_classes=data.num_classes)
+    evaluators = []
+    for s in (args.seed, args.seed + 1):
+        evaluator = nas.get_evaluator("train", seed=s, epochs=args.epochs)
+        evaluator.bind(space, data)
+        evaluators.append(evaluator)
+    data = evaluators[0].data
+    rng = np.random.default_rng(args.seed)
+    paths, keys = [], set()
+    while len(paths) < args.paths:
+        arch = space.sample(rng)
+        if arch.key() not in keys:
+            keys.add(arch.key())
+            paths.append(arch)
+    inherited, supernet_seconds = {}, {}
+    for variant in args.variants:
+        start = time.time()
+        supernet = train_supernet(space, data, args.steps, args.batch_size, args.lr, variant == "sandwich", args.seed)
+        supernet_seconds[variant] = time.time() - start
+        inherited[variant] = [inherited_accuracy(supernet, a, data, space.input_shape, 256, "cpu") for a in paths]
+    start = time.time()
+    alone = [[e.evaluate(space, a).quality for a in paths] for e in evaluators]
+    alone_seconds = time.time() - start
+    print(f"uib on {args.data} ({space.resolution}x{space.resolution}x{space.in_channels}, {space.num_classes} "
+          f"classes), {args.paths} paths, each trained alone for {args.epochs} epochs under 2 seeds "
+          f"({alone_seconds:.0f} s); supernets of {args.steps} steps of {args.batch_size}: "
+          + ", ".join(f"{v} ({supernet_seconds[v]:.0f} s)" for v in args.variants))
+    mean_alone = np.mean(alone, 0)
+    print(f"accuracy trained alone: {100 * mean_alone.min():.2f}-{100 * mean_alone.max():.2f}% "
+          f"(seed-to-seed difference {100 * np.mean(np.abs(np.subtract(*alone))):.2f} points on average)")
+    rows = [(f"{v}: inherited vs alone (mean of 2 seeds)", inherited[v], mean_alone) for v in args.variants]
+    rows.append(("alone seed 1 vs alone seed 2 (the ceiling)", alone[0], alone[1]))
+    for v in args.variants:
+        print(f"{v}: accuracy with inherited weights {100 * min(inherited[v]):.2f}-{100 * max(inherited[v]):.2f}%")
+    for label, a, b in rows:
+        r = ranking_agreement(a, b)
+        print(f"{label:<48} Kendall tau {r['kendall_tau']:+.3f}   Spearman {r['spearman']:+.3f}")
+
+
+if __name__ == "__main__":
+    main()
