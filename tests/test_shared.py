@@ -10,6 +10,7 @@ import sys
 import time
 
 import optuna
+import pytest
 from conftest import run_cli
 
 ARGS = ["space=mbconv", "target=macs", "data=synthetic", "data.n=512", "evaluator.epochs=1", "searcher=random",
@@ -77,9 +78,12 @@ def test_two_workers_share_one_study_and_survive_a_kill(tmp_path, cli_env, postg
     assert shared["best"]["arch_key"] == alone["best"]["arch_key"]
 
 
-def test_optuna_workers_propose_in_parallel_from_each_others_results(tmp_path, cli_env, postgres_url):
-    args = ["space=mbconv", "target=macs", "data=synthetic", "data.n=512", "evaluator.epochs=1", "searcher=optuna",
-            "searcher.n_evals=10", "searcher.n_startup_trials=3", "progress=false", "seed=4", "run_name=opt",
+@pytest.mark.parametrize("searcher", [["searcher=optuna", "searcher.n_startup_trials=3"],
+                                      ["searcher=bayesopt", "searcher.n_startup=3", "searcher.pool_size=100"]],
+                         ids=["optuna", "bayesopt"])
+def test_workers_propose_in_parallel_from_each_others_results(tmp_path, cli_env, postgres_url, searcher):
+    args = ["space=mbconv", "target=macs", "data=synthetic", "data.n=512", "evaluator.epochs=1", *searcher,
+            "searcher.n_evals=10", "progress=false", "seed=4", "run_name=opt",
             "save_model=false", f"storage={postgres_url}"]
     procs = [subprocess.Popen([sys.executable, "-m", "nas.run", *args, f"output_dir={tmp_path / name}"], cwd=tmp_path,
                               env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
