@@ -32,6 +32,7 @@ import math
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 from scipy.special import ndtr, ndtri
+from scipy.stats import rankdata
 
 from nas import Arch, NASError, Searcher, register_searcher
 
@@ -45,14 +46,8 @@ RESELECT_BELOW, RESELECT_EVERY = 40, 10
 
 
 def normal_scores(values: np.ndarray) -> np.ndarray:
-    """Ranks mapped to standard normal quantiles (ties share the mean rank)."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(len(values))
-    for value in np.unique(values):  # ties: their mean rank, so equal qualities score alike
-        same = values == value
-        ranks[same] = ranks[same].mean()
-    return ndtri((ranks + 1) / (len(values) + 1))
+    """Ranks mapped to standard normal quantiles (ties share their mean rank)."""
+    return ndtri(rankdata(values) / (len(values) + 1))
 
 
 class CostAwareGP:
@@ -167,7 +162,7 @@ class BayesOptSearch(Searcher):
                 choice = pool[int(rng.integers(len(pool)))]
             else:
                 keys = list(known)
-                reference = problem.budget if problem.budget is not None else float(np.median(encode(pool)[1]))
+                reference = problem.budget if problem.budget is not None else float(np.median([costs[k] for k in pool]))
                 onehot, cost = encode(keys)
                 # The kernel's grid costs most of a proposal: re-selected at every
                 # evaluation early on, then every RESELECT_EVERY (it changes little).
