@@ -8,22 +8,58 @@ the smallest path and the sampled paths learn from the largest one's soft labels
 uniformly; each is trained alone by the `train` evaluator (the default recipe: 2 epochs)
 under two seeds, whose own tau is the ceiling any supernet can reach on this task.
 
-    python benchmarks/supernet_ranking.py [--paths 20] [--steps 500] [--variants uniform sandwich]
+    python benchmarks/supernet_ranking.py [--paths 20] [--steps 500] [--variants uniform sandwich] [--data mnist5k] [--jobs 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-import nas
-from nas.training.harness import cosine_lr, set_lr
-from nas.training.supernet import inherited_accuracy, ranking_agreement
-from nas.training.train import load_batch, sample_indices
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, not an installed copy
+import nas  # noqa: E402
+from nas.training.harness import cosine_lr, set_lr  # noqa: E402
+from nas.training.supernet import inherited_accuracy, ranking_agreement  # noqa: E402
+from nas.training.train import load_batch, sample_indices  # noqa: E402
+
+
+#: per worker process: the data set, its space and one bound evaluator per (seed, epochs)
+WORKER: dict = {}
+
+
+def train_alone(job: tuple) -> float:
+    """The accuracy of ``arch`` (its decisions) of the uib space at ``data_name``'s shape,
+    trained alone by the ``train`` evaluator under ``seed`` for ``epochs`` (the default
+    recipe otherwise). One thread: workers run side by side."""
+    data_name, arch, seed, epochs = job
+    torch.set_num_threads(1)
+    if WORKER.get("data_name") != data_name:
+        WORKER.clear()
+        data = nas.get_dataset(data_name)
+        WORKER.update(data_name=data_name, data=data, space=nas.get_space(
+            "uib", resolution=data.resolution, in_channels=data.in_channels, num_classes=data.num_classes))
+    if (seed, epochs) not in WORKER:
+        evaluator = nas.get_evaluator("train", seed=seed, epochs=epochs)
+        evaluator.bind(WORKER["space"], WORKER["data"])
+        WORKER[seed, epochs] = evaluator
+    space = WORKER["space"]
+    return WORKER[seed, epochs].evaluate(space, space.validate(nas.Arch(arch))).quality
+
+
+def train_alone_many(data_name: str, archs: list, seeds: list[int], epochs: int, jobs: int) -> list[list[float]]:
+    """``train_alone`` of every arch under every seed, ``jobs`` at a time: per seed, the
+    accuracies in the order of ``archs``."""
+    work = [(data_name, dict(a), s, epochs) for s in seeds for a in archs]
+    with ProcessPoolExecutor(jobs) as pool:
+        accuracies = list(pool.map(train_alone, work))
+    return [accuracies[i * len(archs):(i + 1) * len(archs)] for i in range(len(seeds))]
 
 
 def extreme_path(space, pick):
@@ -73,6 +109,7 @@ def main() -> None:
     parser.add_argument("--data", default="mnist5k")
     parser.add_argument("--epochs", type=int, default=2, help="standalone training of each path")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="paths trained alone in parallel (one thread each)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -80,12 +117,6 @@ def main() -> None:
     # the space at the data set's shape and classes, as the CLI fills them
     space = nas.get_space("uib", resolution=data.resolution, in_channels=data.in_channels,
                           num_classes=data.num_classes)
-    evaluators = []
-    for s in (args.seed, args.seed + 1):
-        evaluator = nas.get_evaluator("train", seed=s, epochs=args.epochs)
-        evaluator.bind(space, data)
-        evaluators.append(evaluator)
-    data = evaluators[0].data
     rng = np.random.default_rng(args.seed)
     paths, keys = [], set()
     while len(paths) < args.paths:
@@ -100,7 +131,7 @@ def main() -> None:
         supernet_seconds[variant] = time.time() - start
         inherited[variant] = [inherited_accuracy(supernet, a, data, space.input_shape, 256, "cpu") for a in paths]
     start = time.time()
-    alone = [[e.evaluate(space, a).quality for a in paths] for e in evaluators]
+    alone = train_alone_many(args.data, paths, [args.seed, args.seed + 1], args.epochs, args.jobs)
     alone_seconds = time.time() - start
     print(f"uib on {args.data} ({space.resolution}x{space.resolution}x{space.in_channels}, {space.num_classes} "
           f"classes), {args.paths} paths, each trained alone for {args.epochs} epochs under 2 seeds "

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from nas import Arch, NASError, Searcher, register_searcher
+from nas.costs import format_cost
 from nas.ledger import flat_progress
 from nas.lut import latency_report
 from nas.training.harness import WeightTraining, cosine_lr, set_lr
@@ -158,9 +159,23 @@ class TuNAS(Searcher):
         if not problem.world.is_main:
             return None  # the search is trained; rank 0 evaluates and reports its result
         final = space.canonicalize(held)
+        extras = {}
+        if problem.budget is not None and not problem.within_budget(problem.cost(final)):
+            # The reward only aims at the budget, so the argmax lands over it about as often as
+            # under; training a network the run must reject would waste the retraining.
+            probs = {name: p for report in stage_reports for name, p in report["final_probs"].items()}
+            repaired = most_probable_within(problem, final, probs)
+            extras["budget_repair"] = {"argmax_cost": problem.cost(final), "cost": problem.cost(repaired),
+                                       "changed": {n: [final[n], repaired[n]] for n in final
+                                                   if final[n] != repaired[n]}}
+            unit = problem.cost_model.unit
+            extras["report"] = [f"the controller's argmax costs {format_cost(problem.cost(final), unit)}, over the "
+                                f"budget; {len(extras['budget_repair']['changed'])} decisions changed to its most "
+                                f"probable choices within it ({format_cost(problem.cost(repaired), unit)})"]
+            final = repaired
         evaluation = problem.evaluate(final)
-        extras = {"aim_cost": aim, "aim_from": aim_from, "stages": stage_reports,
-                  "cost_error": (evaluation.cost - aim) / aim}
+        extras.update({"aim_cost": aim, "aim_from": aim_from, "stages": stage_reports,
+                       "cost_error": (evaluation.cost - aim) / aim})
         if self.measure_latency:
             extras.update(latency_report(problem, final))
         return problem.result(**extras)
@@ -188,6 +203,45 @@ class TuNAS(Searcher):
         finally:
             bar.close()
         return held, stage_reports
+
+
+def most_probable_within(problem, arch: Arch, probs: dict[str, list[float]]) -> Arch:
+    """From ``arch`` (over the run's budget), an architecture within it that the controller's
+    distributions ``probs`` (decision -> option probabilities) still favour. While over the
+    budget: the change of one decision that loses the least log-probability, among changes
+    that reach the budget, else per unit of cost saved. Then, within it: the change that
+    gains the most log-probability and stays within, while one does (undoing cuts that went
+    further than needed). ``arch`` itself when no change lowers the cost any further (the
+    run then rejects it as over the budget)."""
+    space = problem.space
+    options = {d.name: d.options for d in space.decisions() if d.name in probs}
+    log_p = {name: np.log(np.maximum(p, 1e-12)) for name, p in probs.items()}
+
+    def total(a: Arch) -> float:  # over every searched decision: a change may canonicalize others
+        return sum(log_p[n][values.index(a[n])] for n, values in options.items() if a[n] in values)
+
+    def changes(current: Arch):
+        """(log-probability gained, cost, arch) of every change of one searched decision."""
+        here = total(current)
+        for name, values in options.items():
+            for value in values:
+                if value != current[name]:
+                    candidate = space.canonicalize(current.replace(**{name: value}))
+                    yield total(candidate) - here, problem.cost(candidate), candidate
+
+    current, cost = arch, problem.cost(arch)
+    while not problem.within_budget(cost):
+        # (misses the budget, log-probability lost: in all or per cost saved, tie-break, arch, cost)
+        moves = [(not problem.within_budget(c), -gain if problem.within_budget(c) else -gain / (cost - c), a.key(), a, c)
+                 for gain, c, a in changes(current) if c < cost]
+        if not moves:
+            return arch
+        *_, current, cost = min(moves, key=lambda m: m[:3])
+    while True:
+        ups = [(gain, a.key(), a, c) for gain, c, a in changes(current) if gain > 1e-12 and problem.within_budget(c)]
+        if not ups:
+            return current
+        *_, current, cost = max(ups, key=lambda m: (m[0], m[1]))
 
 
 @dataclass

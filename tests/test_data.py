@@ -20,6 +20,25 @@ def test_mnist5k_is_embedded_and_split_by_seed():
     assert x.shape == (8, 1, 28, 28) and abs(float(d.batch(d.train, slice(0, 4000))[0].mean())) < 1e-3
 
 
+def test_mnist5k_clutter_moves_each_digit_over_fragments_of_others():
+    plain = nas.get_dataset("mnist5k")
+    clutter = nas.get_dataset("mnist5k_clutter")
+    assert (len(clutter.train), len(clutter.val), clutter.resolution, clutter.num_classes) == (4000, 1000, 28, 10)
+    assert torch.equal(clutter.val.y, plain.val.y)  # the same digits in the same split
+    assert torch.equal(nas.get_dataset("mnist5k_clutter").train.x, clutter.train.x)  # same seed, same images
+    assert not torch.equal(nas.get_dataset("mnist5k_clutter", seed=1).train.x, clutter.train.x)
+    # without shift and fragments it is mnist5k itself
+    assert torch.equal(nas.get_dataset("mnist5k_clutter", shift=0, pieces=0).train.x, plain.train.x)
+    # a shifted digit keeps its ink (up to what leaves the frame); fragments only add ink
+    shifted = nas.get_dataset("mnist5k_clutter", pieces=0)
+    kept = shifted.train.x.float().sum((1, 2, 3)) / plain.train.x.float().sum((1, 2, 3))
+    assert float(kept.min()) > 0.8 and float(kept.max()) <= 1 + 1e-6
+    assert bool((clutter.train.x >= shifted.train.x).all()) and not torch.equal(clutter.train.x, shifted.train.x)
+    assert not torch.equal(shifted.train.x, plain.train.x)
+    with pytest.raises(NASError, match="piece_size"):
+        nas.get_dataset("mnist5k_clutter", piece_size=40)
+
+
 def test_digits_and_adaptation_to_model_input():
     d = nas.get_dataset("digits")
     assert len(d.train) + len(d.val) == 1797

@@ -1,5 +1,7 @@
 """The UIB space (MobileNetV4), its weight-sharing supernet, and the TuNAS searcher."""
 
+import itertools
+
 import numpy as np
 import optuna
 import pytest
@@ -9,7 +11,7 @@ from torch import nn
 import nas
 from nas import NASError
 from nas.ops import make_divisible
-from searchers.tunas import Controller
+from searchers.tunas import Controller, most_probable_within
 from spaces.uib import block_layers, parse_blocks
 
 
@@ -164,12 +166,64 @@ def test_controller_reinforce_moves_toward_the_rewarded_choice():
     assert controller.probs()["k"][2] > 0.9 and controller.argmax() == {"k": 2}
 
 
-def tiny_problem(seed=0, cost_model="macs"):
+def tiny_problem(seed=0, cost_model="macs", budget=None):
     space = nas.get_space("uib", resolution=16, in_channels=1, num_classes=4)
     data = nas.get_dataset("synthetic", n=256, num_classes=4, resolution=16, in_channels=1)
     evaluator = nas.get_evaluator("train", epochs=1, batch_size=64)
     evaluator.bind(space, data)
-    return nas.SearchProblem(space, nas.get_cost_model(cost_model), evaluator, seed=seed, show_progress=False)
+    return nas.SearchProblem(space, nas.get_cost_model(cost_model), evaluator, budget=budget, seed=seed,
+                             show_progress=False)
+
+
+def test_over_the_budget_the_controller_s_most_probable_change_is_made():
+    space = nas.get_space("uib", resolution=16, in_channels=1, num_classes=4)
+    problem = nas.SearchProblem(space, nas.get_cost_model("macs"), nas.get_evaluator("table"), show_progress=False)
+    start = space.canonicalize(space.default_arch().replace(s4_width=max(space.decision("s4_width").options),
+                                                            s4_depth=max(space.decision("s4_depth").options)))
+    searched = ["s4_width", "s4_depth", "s3_width"]
+    probs = {n: list(np.linspace(1, 2, len(space.decision(n).options)) / np.linspace(1, 2, len(
+        space.decision(n).options)).sum()) for n in searched}
+    probs["s4_depth"] = [0.01] * (len(space.decision("s4_depth").options) - 1) + [0.99]  # depth held dearly
+
+    def log_p(arch):
+        return sum(np.log(probs[n][space.decision(n).options.index(arch[n])]) for n in searched)
+
+    # every combination of the searched decisions: the most probable one within the budget
+    combos = [space.canonicalize(start.replace(**dict(zip(searched, values)))) for values in itertools.product(
+        *(space.decision(n).options for n in searched))]
+    cost = problem.cost(start)
+    for share in (0.97, 0.85):
+        problem.budget = share * cost
+        repaired = most_probable_within(problem, start, probs)
+        assert problem.cost(repaired) <= problem.budget
+        assert {n for n in start if start[n] != repaired[n]} <= set(searched)
+        assert repaired["s4_depth"] == start["s4_depth"]  # the width gave way, not the depth
+        # no change of one decision is more probable and within the budget
+        for n in searched:
+            for value in space.decision(n).options:
+                other = space.canonicalize(repaired.replace(**{n: value}))
+                assert problem.cost(other) > problem.budget or log_p(other) <= log_p(repaired) + 1e-12
+        if share == 0.97:  # one cut and one rise reach the most probable of all 27 within the budget
+            best = max((a for a in combos if problem.cost(a) <= problem.budget), key=log_p)
+            assert log_p(repaired) == pytest.approx(log_p(best)) and repaired["s3_width"] != start["s3_width"]
+    problem.budget = problem.cost(space.canonicalize(start.replace(s4_width=min(space.decision("s4_width").options),
+                                                                   s3_width=min(space.decision("s3_width").options),
+                                                                   s4_depth=min(space.decision("s4_depth").options)))) / 2
+    assert most_probable_within(problem, start, probs) == start  # out of reach: unchanged (the run rejects it)
+
+
+def test_tunas_under_a_budget_returns_a_network_within_it():
+    common = {"steps": 4, "batch_size": 16, "reward_batch_size": 16, "warmup": 0.5}
+    free = nas.run_search(nas.get_searcher("tunas", **common), tiny_problem())
+    aim, argmax_cost = free.extras["aim_cost"], free.best.cost
+    budget = 0.9 * argmax_cost
+    tight = nas.run_search(nas.get_searcher("tunas", aim_cost=aim, **common), tiny_problem(budget=budget))
+    # the same search (the aim is the same), then the argmax changed to fit the budget
+    assert tight.extras["stages"][1]["final_probs"] == free.extras["stages"][1]["final_probs"]
+    repair = tight.extras["budget_repair"]
+    assert repair["argmax_cost"] == pytest.approx(argmax_cost) and repair["changed"]
+    assert tight.best is not None and tight.best.cost <= budget and tight.best.cost == pytest.approx(repair["cost"])
+    assert tight.n_evals == 1 and "decisions changed" in tight.extras["report"][0]
 
 
 def test_tunas_two_stages_end_to_end_and_seeded():
