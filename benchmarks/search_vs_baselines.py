@@ -118,14 +118,16 @@ def main() -> None:
     rng = np.random.default_rng(0)  # as TuNAS's default aim: 200 random networks
     costs = [lut.arch_cost(space, space.sample(rng)) for _ in range(200)]
     budgets = {p: float(np.percentile(costs, p)) for p in args.percentiles}
+    tunas = nas.get_searcher("tunas")  # its default batch sizes, as the runs use them
     per_evaluation = evaluator.recipe.epochs * len(data.train)
-    tunas_examples = 2 * args.steps * 64 + per_evaluation
+    tunas_examples = 2 * args.steps * tunas.batch_size + per_evaluation
     n_evals = max(1, round(tunas_examples / per_evaluation))
     print(f"uib on {args.data} ({len(data.train)} training, {len(data.val)} validation images), "
           f"{lut.provenance(short=True) or 'this machine'}; budgets: "
           + ", ".join(f"p{p:g} {b:.3f} ms" for p, b in budgets.items()))
-    print(f"compute per search: TuNAS {2 * args.steps} supernet steps of 64 + retraining {per_evaluation:,} = "
-          f"{tunas_examples:,} examples (plus {2 * args.steps * 256:,} forward-only reward examples); "
+    print(f"compute per search: TuNAS {2 * args.steps} supernet steps of {tunas.batch_size} + retraining "
+          f"{per_evaluation:,} = {tunas_examples:,} examples (plus {2 * args.steps * tunas.reward_batch_size:,} "
+          f"forward-only reward examples); "
           f"random / TPE {n_evals} evaluations of {per_evaluation:,} = {n_evals * per_evaluation:,}")
 
     jobs = [(label, seed, budget, searcher_args(label, budget, args.steps, n_evals, args.tunas_aim_only), args.data)
