@@ -11,8 +11,10 @@ steps the controller's learning rate is zero, and each decision takes its larges
 
 ``stages=2`` (MobileNetV4): stage 1 searches the ``coarse`` decisions (stage widths and
 depths) with every block held at the space's default (an inverted bottleneck, expansion
-4, 3x3 depthwise), stage 2 the ``fine`` ones (the depthwise layers, kernels, expansion,
-Fused-IB) on the stage-1 shape. ``stages=1`` searches everything at once (the baseline).
+4, 3x3 depthwise), stage 2 on the stage-1 shape the ones the space's ``two_stage_search()``
+names (``uib``: each block's two depthwise layers, absent, 3x3 or 5x5, as MobileNetV4's
+fine search), else its ``fine`` ones. ``stages=1`` searches every decision at once with all
+its options (the baseline).
 The result is the argmax architecture, trained from scratch by the run's evaluator and
 priced by its cost model; with a measured LUT, its latency is also measured end to end.
 
@@ -130,15 +132,19 @@ class TuNAS(Searcher):
         costs = [problem.cost(problem.space.sample(rng)) for _ in range(200)]
         return float(np.median(costs)), "median of 200 random archs"
 
-    def plan(self, space) -> list[tuple[str, str | None]]:
-        """(stage name, tag of the decisions it searches; None: all)."""
+    def plan(self, space) -> list[tuple[str, list]]:
+        """(stage name, the decisions it searches, with the options it searches). Two stages:
+        the space's own ``two_stage_search()`` where it has one (``uib``: MobileNetV4's),
+        else its ``coarse`` then its ``fine`` decisions."""
         if self.stages == 1:
-            return [("one-stage", None)]
+            return [("one-stage", space.decisions())]
+        if hasattr(space, "two_stage_search"):
+            return space.two_stage_search()
         for tag in ("coarse", "fine"):
             if not space.decisions(tag):
                 raise NASError(f"two-stage tunas needs 'coarse' and 'fine' decisions; space {space.name!r} "
                                f"has no {tag!r} ones (use searcher.stages=1)")
-        return [("stage1-coarse", "coarse"), ("stage2-fine", "fine")]
+        return [("stage1-coarse", space.decisions("coarse")), ("stage2-fine", space.decisions("fine"))]
 
     # ------------------------------------------------------------------ search
     def search(self, problem):
@@ -164,7 +170,8 @@ class TuNAS(Searcher):
             # The reward only aims at the budget, so the argmax lands over it about as often as
             # under; training a network the run must reject would waste the retraining.
             probs = {name: p for report in stage_reports for name, p in report["final_probs"].items()}
-            repaired = most_probable_within(problem, final, probs)
+            options = {d.name: d.options for _, searched in self.plan(space) for d in searched}
+            repaired = most_probable_within(problem, final, probs, options)
             extras["budget_repair"] = {"argmax_cost": problem.cost(final), "cost": problem.cost(repaired),
                                        "changed": {n: [final[n], repaired[n]] for n in final
                                                    if final[n] != repaired[n]}}
@@ -192,10 +199,10 @@ class TuNAS(Searcher):
         bar = training.progress_bar(self.steps * self.stages, initial=first_stage * self.steps)
         try:
             with training.checkpoint:
-                for i, (stage_name, tag) in enumerate(self.plan(space)):
+                for i, (stage_name, searched) in enumerate(self.plan(space)):
                     if i < first_stage:
                         continue
-                    stage = Stage(self, run, stage_name, space.decisions(tag), held,
+                    stage = Stage(self, run, stage_name, searched, held,
                                   {"stage": i, "held": dict(held), "stage_reports": stage_reports})
                     report = stage.run(bar, resumed if i == first_stage else None)
                     held = report.pop("arch")
@@ -205,16 +212,16 @@ class TuNAS(Searcher):
         return held, stage_reports
 
 
-def most_probable_within(problem, arch: Arch, probs: dict[str, list[float]]) -> Arch:
+def most_probable_within(problem, arch: Arch, probs: dict[str, list[float]], options: dict[str, tuple]) -> Arch:
     """From ``arch`` (over the run's budget), an architecture within it that the controller's
-    distributions ``probs`` (decision -> option probabilities) still favour. While over the
+    distributions ``probs`` (decision -> probabilities of its searched ``options``) still favour. While over the
     budget: the change of one decision that loses the least log-probability, among changes
     that reach the budget, else per unit of cost saved. Then, within it: the change that
     gains the most log-probability and stays within, while one does (undoing cuts that went
     further than needed). ``arch`` itself when no change lowers the cost any further (the
     run then rejects it as over the budget)."""
     space = problem.space
-    options = {d.name: d.options for d in space.decisions() if d.name in probs}
+    options = {name: options[name] for name in probs}
     log_p = {name: np.log(np.maximum(p, 1e-12)) for name, p in probs.items()}
 
     def total(a: Arch) -> float:  # over every searched decision: a change may canonicalize others

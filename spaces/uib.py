@@ -206,6 +206,8 @@ SKELETONS = {
 #: The block every slot holds in stage 1 of the two-stage search, and beyond a stage's
 #: depth: an inverted bottleneck with expansion 4 and a 3x3 middle depthwise.
 DEFAULT_BLOCK = {"start_dw": 0, "mid_dw": 3, "expansion": 4, "fused": False}
+#: The depthwise kernels stage 2 of MobileNetV4's search chooses from (0: the layer absent).
+STAGE2_KERNELS = (0, 3, 5)
 
 
 @register_space("uib")
@@ -276,6 +278,16 @@ class UIBSpace(Space):
                     if field != "fused" or self.fused:
                         values[self.slot(s, b, field)] = value
         return self.canonicalize(Arch(values))
+
+    def two_stage_search(self) -> list[tuple[str, list[Decision]]]:
+        """MobileNetV4's two stages as (name, decisions searched with their options): the
+        stage widths and depths with every block at :data:`DEFAULT_BLOCK`, then each block's
+        two depthwise layers, absent, 3x3 or 5x5 (those of the space's ``kernels``), with the
+        expansion held at 4 and no Fused-IB. The space's other choices (kernel 7, other
+        expansions, Fused-IB) are for one-stage and black-box searches."""
+        depthwise = [Decision(d.name, tuple(k for k in d.options if k in STAGE2_KERNELS), tag=d.tag)
+                     for d in self.decisions("fine") if d.name.endswith(("_start_dw", "_mid_dw"))]
+        return [("stage1-coarse", self.decisions("coarse")), ("stage2-depthwise", depthwise)]
 
     def slot_block(self, arch: Arch, s: int, b: int) -> dict:
         fields = ("start_dw", "mid_dw", "expansion") + (("fused",) if self.fused else ())

@@ -181,6 +181,7 @@ def test_over_the_budget_the_controller_s_most_probable_change_is_made():
     start = space.canonicalize(space.default_arch().replace(s4_width=max(space.decision("s4_width").options),
                                                             s4_depth=max(space.decision("s4_depth").options)))
     searched = ["s4_width", "s4_depth", "s3_width"]
+    options = {n: space.decision(n).options for n in searched}
     probs = {n: list(np.linspace(1, 2, len(space.decision(n).options)) / np.linspace(1, 2, len(
         space.decision(n).options)).sum()) for n in searched}
     probs["s4_depth"] = [0.01] * (len(space.decision("s4_depth").options) - 1) + [0.99]  # depth held dearly
@@ -194,7 +195,7 @@ def test_over_the_budget_the_controller_s_most_probable_change_is_made():
     cost = problem.cost(start)
     for share in (0.97, 0.85):
         problem.budget = share * cost
-        repaired = most_probable_within(problem, start, probs)
+        repaired = most_probable_within(problem, start, probs, options)
         assert problem.cost(repaired) <= problem.budget
         assert {n for n in start if start[n] != repaired[n]} <= set(searched)
         assert repaired["s4_depth"] == start["s4_depth"]  # the width gave way, not the depth
@@ -209,7 +210,7 @@ def test_over_the_budget_the_controller_s_most_probable_change_is_made():
     problem.budget = problem.cost(space.canonicalize(start.replace(s4_width=min(space.decision("s4_width").options),
                                                                    s3_width=min(space.decision("s3_width").options),
                                                                    s4_depth=min(space.decision("s4_depth").options)))) / 2
-    assert most_probable_within(problem, start, probs) == start  # out of reach: unchanged (the run rejects it)
+    assert most_probable_within(problem, start, probs, options) == start  # out of reach: unchanged (the run rejects it)
 
 
 def test_tunas_under_a_budget_returns_a_network_within_it():
@@ -237,8 +238,8 @@ def test_tunas_two_stages_end_to_end_and_seeded():
         study_name="search:progress", storage=problem.ledger.storage).get_trials()}
     for stage in (stage1, stage2):
         for name, probs in stage["final_probs"].items():
-            options = problem.space.decision(name).options
-            for option, p in zip(options, probs):
+            options = [o for o in problem.space.decision(name).options if stage is stage1 or o in (0, 3, 5)]
+            for option, p in zip(options, probs, strict=True):
                 trial = progress[f"{stage['stage']}: P {name}={option}"]
                 assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(p)
                 assert trial.intermediate_values == pytest.approx(
@@ -246,13 +247,18 @@ def test_tunas_two_stages_end_to_end_and_seeded():
     assert f"{stage1['stage']}: reward baseline" in progress
     space = nas.get_space("uib", resolution=16, in_channels=1, num_classes=4)
     assert set(stage1["searched"]) == {d.name for d in space.decisions("coarse")}
-    assert set(stage2["searched"]) == {d.name for d in space.decisions("fine")}
+    # stage 2 as MobileNetV4's: each block's two depthwise layers, absent, 3x3 or 5x5
+    assert set(stage2["searched"]) == {d.name for d in space.decisions("fine") if d.name.endswith("_dw")}
+    assert all(len(p) == 3 for p in stage2["final_probs"].values())
     # stage 1 searched the shape with every block held at IB, expansion 4, 3x3
     shape = {k: v for k, v in stage1["argmax_arch"].items() if k.endswith(("_width", "_depth"))}
     blocks = {k: v for k, v in stage1["argmax_arch"].items() if k not in shape}
     assert blocks == {k: v for k, v in space.default_arch().items() if k in blocks}
     final = result.best.arch
     assert {k: final[k] for k in shape} == shape  # stage 2 kept the stage-1 shape
+    assert all(final[k] == 4 for k in final if k.endswith("_expansion")) and not any(
+        final[k] for k in final if k.endswith("_fused"))
+    assert all(final[k] in (0, 3, 5) for k in final if k.endswith("_dw"))
     assert result.n_evals == 1 and result.extras["aim_from"] == "median of 200 random archs"
     assert result.extras["cost_error"] == pytest.approx(result.best.cost / result.extras["aim_cost"] - 1)
     again = nas.run_search(nas.get_searcher("tunas", steps=8, batch_size=16, reward_batch_size=32, warmup=0.5),
