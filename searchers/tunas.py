@@ -167,19 +167,16 @@ class TuNAS(Searcher):
         final = space.canonicalize(held)
         extras = {}
         if problem.budget is not None and not problem.within_budget(problem.cost(final)):
-            # The reward only aims at the budget, so the argmax lands over it about as often as
-            # under; training a network the run must reject would waste the retraining.
+            # the last stage's choices could not reach the budget alone: every searched decision may change
             probs = {name: p for report in stage_reports for name, p in report["final_probs"].items()}
             options = {d.name: d.options for _, searched in self.plan(space) for d in searched}
-            repaired = most_probable_within(problem, final, probs, options)
-            extras["budget_repair"] = {"argmax_cost": problem.cost(final), "cost": problem.cost(repaired),
-                                       "changed": {n: [final[n], repaired[n]] for n in final
-                                                   if final[n] != repaired[n]}}
-            unit = problem.cost_model.unit
-            extras["report"] = [f"the controller's argmax costs {format_cost(problem.cost(final), unit)}, over the "
-                                f"budget; {len(extras['budget_repair']['changed'])} decisions changed to its most "
-                                f"probable choices within it ({format_cost(problem.cost(repaired), unit)})"]
-            final = repaired
+            final, extras["budget_repair"] = fit_budget(problem, final, probs, options)
+        extras["report"] = [repair_line(problem, r["stage"], r["budget_repair"]) for r in stage_reports
+                            if "budget_repair" in r]
+        if "budget_repair" in extras:
+            extras["report"].append(repair_line(problem, "all stages", extras["budget_repair"]))
+        if not extras["report"]:
+            del extras["report"]
         evaluation = problem.evaluate(final)
         extras.update({"aim_cost": aim, "aim_from": aim_from, "stages": stage_reports,
                        "cost_error": (evaluation.cost - aim) / aim})
@@ -206,10 +203,33 @@ class TuNAS(Searcher):
                                   {"stage": i, "held": dict(held), "stage_reports": stage_reports})
                     report = stage.run(bar, resumed if i == first_stage else None)
                     held = report.pop("arch")
+                    problem = training.problem
+                    if problem.budget is not None and not problem.within_budget(problem.cost(held)):
+                        # The reward only aims at the budget, so an argmax lands over it about as
+                        # often as under; the next stage (and the retraining) then start from the
+                        # controller's most probable choices of this stage within it.
+                        held, report["budget_repair"] = fit_budget(
+                            problem, held, report["final_probs"], {d.name: d.options for d in searched})
                     stage_reports.append(report)
         finally:
             bar.close()
         return held, stage_reports
+
+
+def fit_budget(problem, arch: Arch, probs: dict, options: dict) -> tuple[Arch, dict]:
+    """:func:`most_probable_within` and its record: the argmax's cost, the cost after, and
+    each changed decision's [before, after]."""
+    fitted = most_probable_within(problem, arch, probs, options)
+    return fitted, {"argmax_cost": problem.cost(arch), "cost": problem.cost(fitted),
+                    "changed": {n: [arch[n], fitted[n]] for n in arch if arch[n] != fitted[n]}}
+
+
+def repair_line(problem, stage: str, repair: dict) -> str:
+    """What a budget repair did, as the run prints it."""
+    unit = problem.cost_model.unit
+    return (f"{stage}: the controller's argmax costs {format_cost(repair['argmax_cost'], unit)}, over the budget; "
+            f"{len(repair['changed'])} decisions changed to its most probable choices within it "
+            f"({format_cost(repair['cost'], unit)})")
 
 
 def most_probable_within(problem, arch: Arch, probs: dict[str, list[float]], options: dict[str, tuple]) -> Arch:
