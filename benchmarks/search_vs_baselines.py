@@ -3,7 +3,9 @@
 Searchers, each run by ``python -m nas.run`` as a user runs them, on this machine's ``cpu``
 LUT:
 
-- ``tunas-2``: two-stage TuNAS (MobileNetV4's), ``--steps`` per stage;
+- ``tunas-2``: two-stage TuNAS (MobileNetV4's: stage 2 searches the depthwise layers), ``--steps`` per stage;
+- ``tunas-2-fine``: the same with stage 2 over every fine decision (``searcher.stage2=fine``:
+  also kernel 7, the expansion and Fused-IB);
 - ``tunas-1``: one-stage TuNAS, twice the steps in one stage;
 - ``random`` and ``TPE`` (optuna): ``n_evals`` networks, each trained by the run's evaluator.
 
@@ -55,7 +57,7 @@ os.environ.update(ONE_THREAD)
 import nas  # noqa: E402
 from supernet_ranking import train_alone_many  # noqa: E402
 
-SEARCHERS = ("tunas-2", "tunas-1", "random", "TPE")
+SEARCHERS = ("tunas-2", "tunas-2-fine", "tunas-1", "random", "TPE")
 
 
 def searcher_args(label: str, budget: float, steps: int, n_evals: int, tunas_aim_only: bool) -> list[str]:
@@ -67,6 +69,7 @@ def searcher_args(label: str, budget: float, steps: int, n_evals: int, tunas_aim
              "searcher.measure_latency=false"]
     return {
         "tunas-2": [*tunas, "searcher.stages=2", f"searcher.steps={steps}"],
+        "tunas-2-fine": [*tunas, "searcher.stages=2", "searcher.stage2=fine", f"searcher.steps={steps}"],
         "tunas-1": [*tunas, "searcher.stages=1", f"searcher.steps={2 * steps}"],
         "random": ["searcher=random", f"searcher.n_evals={n_evals}", f"budget={budget}"],
         "TPE": ["searcher=optuna", "searcher.sampler=tpe", f"searcher.n_evals={n_evals}", f"budget={budget}"],

@@ -15,6 +15,8 @@ depths) with every block held at the space's default (an inverted bottleneck, ex
 names (``uib``: each block's two depthwise layers, absent, 3x3 or 5x5, as MobileNetV4's
 fine search), else its ``fine`` ones. ``stages=1`` searches every decision at once with all
 its options (the baseline).
+Under a run's ``budget``, a stage whose argmax misses it hands the next stage (or the
+retraining) that stage's most probable choices within it (:func:`fit_budget`).
 The result is the argmax architecture, trained from scratch by the run's evaluator and
 priced by its cost model; with a measured LUT, its latency is also measured end to end.
 
@@ -77,6 +79,11 @@ class Controller:
         self.optimizer.step()
 
 
+#: what stage 2 searches: "mnv4", the space's two_stage_search() (MobileNetV4's fine search)
+#: where it has one; "fine", every decision tagged fine with all its options
+STAGE2_CHOICES = ("mnv4", "fine")
+
+
 @register_searcher("tunas")
 class TuNAS(Searcher):
     """TuNAS-style search in MobileNetV4's two stages (``stages=1``: the one-stage baseline).
@@ -86,7 +93,10 @@ class TuNAS(Searcher):
     controller still and all ops warming up; ``controller_share``: the share of the training
     data kept for the controller's rewards; ``checkpoint_every``: steps between checkpoints
     (``run_dir/tunas/state.pt``, also on SIGTERM); ``micro_batches``: slices of each batch, each
-    on its own sampled path (TuNAS cores; null: one per torchrun process)."""
+    on its own sampled path (TuNAS cores; null: one per torchrun process); ``stage2``: ``mnv4``
+    (MobileNetV4's fine search where the space defines it: ``uib``'s depthwise layers) or
+    ``fine`` (every ``fine`` decision with all its options: on ``uib`` also kernel 7, the
+    expansion and Fused-IB)."""
 
     requires = ("supernet",)
     distributed = True
@@ -96,7 +106,10 @@ class TuNAS(Searcher):
                  warmup: float = 0.25, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 4e-5,
                  controller_lr: float = 0.1, baseline_momentum: float = 0.95, beta: float = -0.1,
                  aim_cost: float | None = None, controller_share: float = 0.2, measure_latency: bool = True,
-                 device: str = "auto", checkpoint_every: int = 50, micro_batches: int | None = None):
+                 device: str = "auto", checkpoint_every: int = 50, micro_batches: int | None = None,
+                 stage2: str = "mnv4"):
+        if stage2 not in STAGE2_CHOICES:
+            raise NASError(f"searcher.stage2 must be one of {', '.join(map(repr, STAGE2_CHOICES))}, got {stage2!r}")
         if stages not in (1, 2):
             raise NASError(f"searcher.stages must be 1 (one-stage baseline) or 2 (MobileNetV4's), got {stages}")
         if steps < 1 or batch_size < 2 or reward_batch_size < 1:
@@ -119,6 +132,7 @@ class TuNAS(Searcher):
         if checkpoint_every < 1:
             raise NASError(f"searcher.checkpoint_every must be >= 1, got {checkpoint_every}")
         self.checkpoint_every, self.micro_batches = checkpoint_every, micro_batches
+        self.stage2 = stage2
 
     # ------------------------------------------------------------------ setup
     def resolve_aim(self, problem) -> tuple[float, str]:
@@ -134,11 +148,11 @@ class TuNAS(Searcher):
 
     def plan(self, space) -> list[tuple[str, list]]:
         """(stage name, the decisions it searches, with the options it searches). Two stages:
-        the space's own ``two_stage_search()`` where it has one (``uib``: MobileNetV4's),
-        else its ``coarse`` then its ``fine`` decisions."""
+        with ``stage2="mnv4"`` the space's own ``two_stage_search()`` where it has one
+        (``uib``: MobileNetV4's), else its ``coarse`` then its ``fine`` decisions."""
         if self.stages == 1:
             return [("one-stage", space.decisions())]
-        if hasattr(space, "two_stage_search"):
+        if self.stage2 == "mnv4" and hasattr(space, "two_stage_search"):
             return space.two_stage_search()
         for tag in ("coarse", "fine"):
             if not space.decisions(tag):

@@ -339,3 +339,15 @@ def test_inherited_accuracy_ranks_paths_without_touching_the_supernet():
     assert ranking_agreement([0.1, 0.2, 0.3], [0.3, 0.1, 0.2])["kendall_tau"] == pytest.approx(-1 / 3)
     with pytest.raises(ValueError, match="two equally long lists"):
         ranking_agreement([0.1], [0.2])
+
+
+def test_tunas_stage2_fine_searches_every_fine_decision_and_option():
+    searcher = nas.get_searcher("tunas", steps=2, batch_size=16, reward_batch_size=16, warmup=0.5, stage2="fine")
+    result = nas.run_search(searcher, tiny_problem())
+    space = nas.get_space("uib", resolution=16, in_channels=1, num_classes=4)
+    stage2 = result.extras["stages"][1]
+    assert stage2["stage"] == "stage2-fine"
+    assert set(stage2["searched"]) == {d.name for d in space.decisions("fine")}
+    assert all(len(stage2["final_probs"][d.name]) == len(d.options) for d in space.decisions("fine"))
+    with pytest.raises(NASError, match="stage2 must be one of 'mnv4', 'fine'"):
+        nas.get_searcher("tunas", stage2="all")
