@@ -194,7 +194,7 @@ class _WarmLP:
     def __init__(self, inst: Instance, budget: float):
         import highspy
 
-        self.highspy, self.inst = highspy, inst
+        self.highspy = highspy
         n = len(inst.a)
         h = self.h = highspy.Highs()
         h.setOptionValue("output_flag", False)
@@ -229,6 +229,28 @@ class _WarmLP:
         return float(h.getInfo().objective_function_value), np.maximum(np.array(h.getSolution().col_dual), 0.0)
 
 
+@dataclass
+class _Moves:
+    """The variables a primal search may choose (each replaces its layer's choice) and what
+    it needs of each: layer, score, cost, and whether it is each earlier solution's op there."""
+
+    variables: np.ndarray
+    layer: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    shares: np.ndarray  # moves x earlier solutions: 1 where the move's op is that solution's op there
+    position: dict
+
+    @classmethod
+    def of(cls, inst: Instance, previous: list[np.ndarray], candidates: np.ndarray, starts: list[np.ndarray]):
+        variables = np.union1d(candidates, np.concatenate([np.asarray(x) for x in starts]))
+        layer = inst.layer_of[variables]
+        earlier = np.array(previous, dtype=np.int64).reshape(len(previous), inst.n_layers)  # solutions x layers
+        shares = (earlier[:, layer] == variables[None, :]).T.astype(np.int32)
+        return cls(variables, layer, inst.a[variables], inst.b[variables], shares,
+                   {int(v): j for j, v in enumerate(variables)})
+
+
 def _local_search(inst: Instance, budget: float, previous: list[np.ndarray], overlap: int, candidates: np.ndarray,
                   starts: list[np.ndarray], deadline: float, iterations: int = 150) -> np.ndarray | None:
     """A good feasible selection fast (the primal side of a time-limited solve), or None.
@@ -240,13 +262,8 @@ def _local_search(inst: Instance, budget: float, previous: list[np.ndarray], ove
     of changes that keep the budget (one layer takes a costlier, better op, another a
     cheaper one). A layer just changed is left alone for a few steps. Returns the best
     feasible selection seen."""
-    starts = [np.asarray(x) for x in starts]
-    moves = np.union1d(candidates, np.concatenate(starts))
-    layer = inst.layer_of[moves]
-    a, b = inst.a[moves], inst.b[moves]
-    earlier = np.array(previous, dtype=np.int64).reshape(len(previous), inst.n_layers)  # solutions x layers
-    shares = (earlier[:, layer] == moves[None, :]).T.astype(np.int32)  # move j's op is solution s's op there
-    position = {int(v): j for j, v in enumerate(moves)}
+    m = _Moves.of(inst, previous, candidates, starts)
+    moves, layer, a, b, shares, position = m.variables, m.layer, m.a, m.b, m.shares, m.position
     best_value, best = np.inf, None
     for start in starts:
         current = np.array([position[int(v)] for v in start])  # the move in force per layer
@@ -295,11 +312,8 @@ def _iterated_descent(inst: Instance, budget: float, previous: list[np.ndarray],
     in one layer to take another's in a second); at each local optimum a restart from the best
     selection so far after ``kick`` random feasible changes, until ``deadline``. Returns the
     best selection seen (``start`` at worst)."""
-    moves = np.union1d(candidates, start)
-    layer, a, b = inst.layer_of[moves], inst.a[moves], inst.b[moves]
-    earlier = np.array(previous, dtype=np.int64).reshape(len(previous), inst.n_layers)
-    shares = (earlier[:, layer] == moves[None, :]).T.astype(np.int16)  # move j's op is solution s's op there
-    position = {int(v): j for j, v in enumerate(moves)}
+    m = _Moves.of(inst, previous, candidates, [start])
+    moves, layer, a, b, shares, position = m.variables, m.layer, m.a, m.b, m.shares, m.position
 
     def changes(current):
         """Per move: objective, cost and overlap changes if it replaced its layer's move;
@@ -484,9 +498,8 @@ def select_ops(scores, costs, budget: float, k: int = 1, overlap: int | None = N
     solve anytime: a local search from the LP's choice and from the previous solution gives
     a feasible selection first, an iterated descent improves it, the branch and bound
     improves it until proven within ``gap`` or out of time, and the selection carries the
-    gap proven by then
-    (``Selection.timed_out``). A solve that has found nothing feasible by then goes on
-    until it has.
+    gap proven by then (``Selection.timed_out``). A solve that has found nothing feasible
+    by then goes on until it has.
 
     ``scores[i][j]`` and ``costs[i][j]`` belong to op j of layer i. NASError, naming the
     smallest achievable cost, when no selection fits the budget.

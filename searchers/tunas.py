@@ -185,12 +185,10 @@ class TuNAS(Searcher):
             probs = {name: p for report in stage_reports for name, p in report["final_probs"].items()}
             options = {d.name: d.options for _, searched in self.plan(space) for d in searched}
             final, extras["budget_repair"] = fit_budget(problem, final, probs, options)
-        extras["report"] = [repair_line(problem, r["stage"], r["budget_repair"]) for r in stage_reports
-                            if "budget_repair" in r]
-        if "budget_repair" in extras:
-            extras["report"].append(repair_line(problem, "all stages", extras["budget_repair"]))
-        if not extras["report"]:
-            del extras["report"]
+        repairs = [(r["stage"], r["budget_repair"]) for r in stage_reports if "budget_repair" in r]
+        repairs += [("all stages", extras["budget_repair"])] if "budget_repair" in extras else []
+        if repairs:
+            extras["report"] = [repair_line(problem, stage, repair) for stage, repair in repairs]
         evaluation = problem.evaluate(final)
         extras.update({"aim_cost": aim, "aim_from": aim_from, "stages": stage_reports,
                        "cost_error": (evaluation.cost - aim) / aim})
@@ -255,7 +253,6 @@ def most_probable_within(problem, arch: Arch, probs: dict[str, list[float]], opt
     further than needed). ``arch`` itself when no change lowers the cost any further (the
     run then rejects it as over the budget)."""
     space = problem.space
-    options = {name: options[name] for name in probs}
     log_p = {name: np.log(np.maximum(p, 1e-12)) for name, p in probs.items()}
 
     def total(a: Arch) -> float:  # over every searched decision: a change may canonicalize others
