@@ -13,7 +13,7 @@ overlap 0.7 of the layers, one solver thread):
 it prints:
 
 1. the first solution (``select_ops(k=1)`` proven within ``--gap``): seconds and proven gap;
-2. K solutions (``--k``, default 100) with ``--time-limit`` seconds per solution (after
+2. K solutions (``--k``, default 100) with ``--time-limit`` seconds per solution on average (after
    its LP relaxation): CPU seconds (this process and solver child processes, e.g. CBC)
    and wall seconds for all K and for the first 10, the proven gap of the first 10 (max)
    and of all K (median, max), and how many stopped at the limit;

@@ -131,6 +131,26 @@ def test_time_limited_solutions_are_feasible_with_valid_bounds(solver):
     assert bounds == sorted(bounds)  # carried: never lower than an earlier ILP's
 
 
+def test_time_allowances_share_k_time_limits_and_let_early_solves_finish_their_proofs():
+    """k solves that each take their whole allowance take k x time_limit together; the first
+    may take up to PROOF_CAP x time_limit, a later one never gets less than RESERVE x
+    time_limit, and time an early solve leaves goes to the next."""
+    from searchers.ilp import PROOF_CAP, RESERVE, time_allowance
+
+    for k, limit in ((100, 0.25), (10, 2.0), (1, 1.0), (3, 0.5)):
+        spent, allowances = 0.0, []
+        for index in range(k):
+            allowances.append(time_allowance(limit, k, index, spent))
+            spent += allowances[-1]
+        assert spent == pytest.approx(k * limit)
+        assert min(allowances) >= RESERVE * limit - 1e-12 and max(allowances) <= PROOF_CAP * limit + 1e-12
+    assert time_allowance(0.25, 100, 0, 0.0) == pytest.approx(PROOF_CAP * 0.25)  # 7.5 s of the 25
+    assert time_allowance(1.0, 1, 0, 0.0) == pytest.approx(1.0)  # alone: its own time limit
+    # a solve that took 0.1 s of its allowance leaves the rest to the next one
+    assert time_allowance(0.5, 3, 1, 0.1) == pytest.approx(1.5 - 0.1 - RESERVE * 0.5)
+    assert time_allowance(0.5, 3, 1, 1.0) == pytest.approx(RESERVE * 0.5)  # overran: the floor
+
+
 def test_local_search_finds_feasible_diverse_selections():
     """The primal heuristic alone: feasible (budget and overlap) and, on a small instance,
     close to the brute-force optimum."""
