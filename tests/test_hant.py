@@ -231,7 +231,7 @@ def test_cli_hant_ilp_end_to_end(tmp_path, cli_env):
     out = run_cli(args, tmp_path, cli_env)
     assert out.returncode == 0, out.stderr
     assert "teacher (trained here" in out.stdout and "after fine-tuning with distillation" in out.stdout
-    assert "3 selections under" in out.stdout and "proven gap median" in out.stdout and "at the 2 s limit" in out.stdout
+    assert "3 selections under" in out.stdout and "proven gap median" in out.stdout and "stopped at their time, 2 s per selection on average" in out.stdout
     result = json.loads((tmp_path / "runs" / "h" / "result.json").read_text())
     assert result["searcher"] == "ilp" and result["weights"] == "model.pt"
     bad = run_cli(args[:-1] + ["run_name=h2", "budget=1"], tmp_path, cli_env)
