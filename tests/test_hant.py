@@ -149,9 +149,14 @@ def test_loss_changes_are_zero_for_the_teacher_and_equal_a_swapped_network():
         teacher = torch.nn.functional.cross_entropy(net(x), y).item()
     assert base == pytest.approx(teacher, abs=1e-5)
     assert deltas[2][2] == pytest.approx(swapped - teacher, abs=1e-5)
-    # an extracted network is the same function
+    # an extracted network is the same function, with the layout of the space's own build
+    # (a run saves it and nas.load / the ONNX export rebuild it from the arch)
     with torch.no_grad():
         assert torch.allclose(net.extract(arch).eval()(x), net(x, arch), atol=1e-6)
+    built = net.space.build(arch)
+    built.load_state_dict(net.extract(arch).state_dict())
+    with torch.no_grad():
+        assert torch.allclose(built.eval()(x), net(x, arch), atol=1e-6)
 
 
 def test_hold_out_is_disjoint_and_seeded():
@@ -231,6 +236,7 @@ def test_cli_hant_ilp_end_to_end(tmp_path, cli_env):
     out = run_cli(args, tmp_path, cli_env)
     assert out.returncode == 0, out.stderr
     assert "teacher (trained here" in out.stdout and "after fine-tuning with distillation" in out.stdout
+    assert "ONNX export failed" not in out.stdout  # the fine-tuned network loads into the space's build
     assert "3 selections under" in out.stdout and "proven gap median" in out.stdout and "stopped at their time, 2 s per selection on average" in out.stdout
     result = json.loads((tmp_path / "runs" / "h" / "result.json").read_text())
     assert result["searcher"] == "ilp" and result["weights"] == "model.pt"

@@ -110,7 +110,10 @@ class LayerwiseNet(nn.Module):
         """A standalone copy of the network ``arch`` selects, with these weights (the
         layout of ``space.build(arch)``)."""
         mods = list(self.teacher)[:self.n_prefix]
-        mods += [self.module(i, arch[d.name]) for i, d in enumerate(self.decisions)]
+        for i, d in enumerate(self.decisions):
+            option = arch[d.name]
+            # a candidate is the Sequential of its layer's ops, which space.build lays out flat
+            mods += [self.teacher_layer(i)] if option == self.space.reference_option else list(self.module(i, option))
         mods += list(self.teacher)[self.n_prefix + self.n_layers:]
         return copy.deepcopy(nn.Sequential(*mods))
 
