@@ -552,8 +552,7 @@ def select_ops(scores, costs, budget: float, k: int = 1, overlap: int | None = N
         if lp is None:
             break  # no selection differs enough from the earlier ones within the budget
         searched = time.perf_counter()
-        allowance = None if time_limit is None else time_allowance(time_limit, k, index, spent)
-        deadline = None if time_limit is None else searched + allowance
+        deadline = None if time_limit is None else searched + time_allowance(time_limit, k, index, spent)
         lp_bound, reduced = lp
         reduced = np.where(allowed, reduced, np.inf)
         # each layer's allowed variables, by reduced cost
@@ -567,12 +566,13 @@ def select_ops(scores, costs, budget: float, k: int = 1, overlap: int | None = N
             # among each layer's eight best ops by reduced cost
             candidates = np.concatenate([v[:LOCAL_SEARCH_OPS] for v in by_reduced])
             starts = [np.array([v[0] for v in by_reduced])] + previous[-1:]
+            span = min(deadline - searched, time_limit)  # the heuristics' shares are of this
             incumbent = _local_search(inst, budget, previous, overlap, candidates, starts,
-                                      searched + LOCAL_SEARCH_SHARE * min(allowance, time_limit))
+                                      searched + LOCAL_SEARCH_SHARE * span)
             if incumbent is not None:
                 incumbent = _iterated_descent(inst, budget, previous, overlap,
                                               np.concatenate([v[:DESCENT_OPS] for v in by_reduced]), incumbent,
-                                              searched + DESCENT_SHARE * min(allowance, time_limit),
+                                              searched + DESCENT_SHARE * span,
                                               np.random.default_rng(len(previous)))
         found, timed_out = None, False
         while True:
