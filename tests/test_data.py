@@ -102,6 +102,30 @@ def test_mixed_precision_training_learns_and_is_deterministic():
     assert all(p.dtype == torch.float32 for p in a.model.parameters())  # weights stay float32
 
 
+def test_batchnorm_recalibration_samples_the_whole_training_split_even_one_stored_by_class():
+    # mnist5k's training split is stored by class, as many folders are: statistics from
+    # its first batches would describe one or two classes, and eval-mode accuracy dropped
+    from torch import nn
+
+    from nas.training.data import ImageDataset
+    from nas.training.train import recalibrate_batchnorm
+
+    mnist = nas.get_dataset("mnist5k")
+    assert (mnist.train.y[:256] == mnist.train.y[0]).all()  # the premise
+    # every image of class k is the constant k: normalised, the classes' values have mean 0,
+    # variance 1, and any one class alone has variance 0
+    labels = np.repeat(np.arange(4), 100)
+    images = np.broadcast_to(labels[:, None, None, None], (400, 1, 8, 8)).astype(np.float32)
+    data = ImageDataset("by_class", images, labels, 4, val_fraction=0.2, split_seed=0)
+    assert (np.diff(data.train.y.numpy()) >= 0).all()
+    bn = nn.BatchNorm2d(1)
+    recalibrate_batchnorm(bn, data, (1, 8, 8), 16, "cpu", max_batches=5)  # 80 of 320 examples
+    assert abs(bn.running_mean.item()) < 0.3 and bn.running_var.item() > 0.7  # the first 80: -1.3 and 0
+    again = nn.BatchNorm2d(1)
+    recalibrate_batchnorm(again, data, (1, 8, 8), 16, "cpu", max_batches=5)
+    assert torch.equal(again.running_mean, bn.running_mean)  # the same sample every call
+
+
 def test_train_evaluator_config_errors():
     with pytest.raises(NASError, match="unknown optimizer 'lbfgs'"):
         nas.get_evaluator("train", optimizer="lbfgs")
