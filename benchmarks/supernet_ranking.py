@@ -1,14 +1,22 @@
 """Supernet ranking: Kendall's tau between the accuracy of paths with weights inherited from
-a trained UIB supernet (BatchNorm recalibrated) and their accuracy trained alone.
+a trained supernet (BatchNorm recalibrated) and their accuracy trained alone.
 
-The supernet is trained as TuNAS's shared weights are (SliceSGD, cosine schedule, batch
-64) on uniformly sampled paths; with ``--sandwich``, each step also trains the largest and
-the smallest path and the sampled paths learn from the largest one's soft labels
-(in-place distillation, as in BigNAS / OFA), at four paths' work per step. ``--paths`` distinct paths are drawn
-uniformly; each is trained alone by the `train` evaluator (the default recipe: 2 epochs)
-under two seeds, whose own tau is the ceiling any supernet can reach on this task.
+``--space uib``: the UIB supernet, trained as TuNAS's shared weights are (SliceSGD, cosine
+schedule, batch 64) on uniformly sampled paths (``uniform``); ``sandwich`` also trains the
+largest and the smallest path each step and the sampled paths learn from the largest one's
+soft labels (in-place distillation, as in BigNAS / OFA), at four paths' work per step.
 
-    python benchmarks/supernet_ranking.py [--paths 20] [--steps 500] [--variants uniform sandwich] [--data mnist5k] [--jobs 1]
+``--space afrb``: RAN-e's PReLU SuperNet, a path being a form per unit (kernels the base's,
+3): its weights with every unit's alpha pinned at 0 (``I``) or 1 (``R``).
+``searched`` is the SuperNet as the ``differentiable`` searcher trains it (weights and alphas
+together on cross-entropy + 0.01 x the alpha penalty, its defaults, ``--steps`` steps);
+``uniform`` trains the weights alone, each step on a path whose forms are drawn uniformly.
+
+``--paths`` distinct paths are drawn uniformly; each is built by the space and trained alone
+by the `train` evaluator (the default recipe: 2 epochs) under two seeds, whose own tau is
+the ceiling any supernet can reach on this task.
+
+    python benchmarks/supernet_ranking.py [--space uib] [--paths 20] [--steps 500] [--variants ...] [--data mnist5k] [--jobs 1]
 """
 
 from __future__ import annotations
@@ -29,22 +37,29 @@ from nas.training.harness import cosine_lr, set_lr  # noqa: E402
 from nas.training.supernet import inherited_accuracy, ranking_agreement  # noqa: E402
 from nas.training.train import load_batch, sample_indices  # noqa: E402
 
+#: each space's supernet variants (the first is the default)
+VARIANTS = {"uib": ("uniform", "sandwich"), "afrb": ("searched", "uniform")}
 
 #: per worker process: the data set, its space and one bound evaluator per (seed, epochs)
 WORKER: dict = {}
 
 
+def space_for(space_name: str, data):
+    """``space_name`` at the data set's shape and classes, as the CLI fills them."""
+    return nas.get_space(space_name, resolution=data.resolution, in_channels=data.in_channels,
+                         num_classes=data.num_classes)
+
+
 def train_alone(job: tuple) -> float:
-    """The accuracy of ``arch`` (its decisions) of the uib space at ``data_name``'s shape,
-    trained alone by the ``train`` evaluator under ``seed`` for ``epochs`` (the default
-    recipe otherwise). One thread: workers run side by side."""
-    data_name, arch, seed, epochs = job
+    """The accuracy of ``arch`` (its decisions) of space ``space_name`` at ``data_name``'s
+    shape, trained alone by the ``train`` evaluator under ``seed`` for ``epochs`` (the
+    default recipe otherwise). One thread: workers run side by side."""
+    space_name, data_name, arch, seed, epochs = job
     torch.set_num_threads(1)
-    if WORKER.get("data_name") != data_name:
+    if WORKER.get("problem") != (space_name, data_name):
         WORKER.clear()
         data = nas.get_dataset(data_name)
-        WORKER.update(data_name=data_name, data=data, space=nas.get_space(
-            "uib", resolution=data.resolution, in_channels=data.in_channels, num_classes=data.num_classes))
+        WORKER.update(problem=(space_name, data_name), data=data, space=space_for(space_name, data))
     if (seed, epochs) not in WORKER:
         evaluator = nas.get_evaluator("train", seed=seed, epochs=epochs)
         evaluator.bind(WORKER["space"], WORKER["data"])
@@ -53,10 +68,11 @@ def train_alone(job: tuple) -> float:
     return WORKER[seed, epochs].evaluate(space, space.validate(nas.Arch(arch))).quality
 
 
-def train_alone_many(data_name: str, archs: list, seeds: list[int], epochs: int, jobs: int) -> list[list[float]]:
+def train_alone_many(space_name: str, data_name: str, archs: list, seeds: list[int], epochs: int,
+                     jobs: int) -> list[list[float]]:
     """``train_alone`` of every arch under every seed, ``jobs`` at a time: per seed, the
     accuracies in the order of ``archs``."""
-    work = [(data_name, dict(a), s, epochs) for s in seeds for a in archs]
+    work = [(space_name, data_name, dict(a), s, epochs) for s in seeds for a in archs]
     with ProcessPoolExecutor(jobs) as pool:
         accuracies = list(pool.map(train_alone, work))
     return [accuracies[i * len(archs):(i + 1) * len(archs)] for i in range(len(seeds))]
@@ -72,7 +88,16 @@ def extreme_path(space, pick):
     return space.validate(nas.Arch(base))
 
 
-def train_supernet(space, data, steps: int, batch_size: int, lr: float, sandwich: bool, seed: int):
+def sample_path(space, rng, base):
+    """A uniformly drawn path; on afrb its forms only (the kernels are ``base``'s, the
+    only ones the SuperNet holds)."""
+    arch = space.sample(rng)
+    if space.name == "afrb":
+        arch = base.replace(**{f"u{u.index}_form": arch[f"u{u.index}_form"] for u in space.units})
+    return arch
+
+
+def train_uib_supernet(space, data, steps: int, batch_size: int, lr: float, sandwich: bool, seed: int):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -98,51 +123,97 @@ def train_supernet(space, data, steps: int, batch_size: int, lr: float, sandwich
     return supernet
 
 
+def train_afrb_supernet(space, data, steps: int, batch_size: int, lr: float | None, searched: bool, seed: int):
+    """The AFRB SuperNet after ``steps``: trained by the ``differentiable`` searcher itself
+    (``searched``), or its weights alone on uniformly drawn paths, with the searcher's
+    optimizer settings."""
+    searcher = nas.get_searcher("differentiable", steps=steps, batch_size=batch_size,
+                                **({"lr": lr} if lr is not None else {}))
+    if searched:
+        evaluator = nas.get_evaluator("train", seed=seed)
+        evaluator.bind(space, data)
+        problem = nas.SearchProblem(space, nas.get_cost_model("macs"), evaluator, seed=seed, show_progress=False)
+        return searcher.train_relaxation(problem)[1]
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    base = space.default_arch()
+    supernet = space.relaxed(base)
+    supernet.to(memory_format=torch.channels_last)
+    optimizer = supernet.weight_optimizer(searcher.lr, searcher.momentum, searcher.weight_decay)
+    pool = torch.arange(len(data.train))
+    supernet.train()
+    for step in range(steps):
+        set_lr(optimizer, cosine_lr(searcher.lr, step, steps))
+        x, y = load_batch(data, sample_indices(pool, batch_size, gen), space.input_shape, "cpu")
+        optimizer.zero_grad(set_to_none=True)
+        supernet.pin(sample_path(space, rng, base))
+        F.cross_entropy(supernet(x), y).backward()
+        optimizer.step()
+    return supernet
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default="uib", choices=sorted(VARIANTS))
     parser.add_argument("--paths", type=int, default=20)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--variants", nargs="+", default=["uniform", "sandwich"], choices=["uniform", "sandwich"],
-                        help="how the supernet is trained (each variant is its own supernet)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="supernet learning rate (default: uib 0.1, as TuNAS; afrb the differentiable searcher's)")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        choices=sorted({v for vs in VARIANTS.values() for v in vs}),
+                        help="how the supernet is trained, each variant its own supernet (default: all of "
+                             "the space's: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in VARIANTS.items()) + ")")
     parser.add_argument("--data", default="mnist5k")
     parser.add_argument("--epochs", type=int, default=2, help="standalone training of each path")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="paths trained alone in parallel (one thread each)")
     args = parser.parse_args()
+    variants = args.variants or list(VARIANTS[args.space])
+    unknown = [v for v in variants if v not in VARIANTS[args.space]]
+    if unknown:
+        parser.error(f"--variants {' '.join(unknown)}: not a variant of {args.space}; its variants are "
+                     f"{', '.join(VARIANTS[args.space])}")
     torch.set_num_threads(1)
 
     data = nas.get_dataset(args.data)
-    # the space at the data set's shape and classes, as the CLI fills them
-    space = nas.get_space("uib", resolution=data.resolution, in_channels=data.in_channels,
-                          num_classes=data.num_classes)
+    space = space_for(args.space, data)
     rng = np.random.default_rng(args.seed)
+    base = space.default_arch()
     paths, keys = [], set()
     while len(paths) < args.paths:
-        arch = space.sample(rng)
+        arch = sample_path(space, rng, base)
         if arch.key() not in keys:
             keys.add(arch.key())
             paths.append(arch)
     inherited, supernet_seconds = {}, {}
-    for variant in args.variants:
+    for variant in variants:
         start = time.time()
-        supernet = train_supernet(space, data, args.steps, args.batch_size, args.lr, variant == "sandwich", args.seed)
+        if args.space == "uib":
+            supernet = train_uib_supernet(space, data, args.steps, args.batch_size, args.lr or 0.1,
+                                          variant == "sandwich", args.seed)
+        else:
+            supernet = train_afrb_supernet(space, data, args.steps, args.batch_size, args.lr,
+                                           variant == "searched", args.seed)
         supernet_seconds[variant] = time.time() - start
         inherited[variant] = [inherited_accuracy(supernet, a, data, space.input_shape, 256, "cpu") for a in paths]
+        if variant == "searched":
+            alphas = np.array(list(supernet.state().values()))
+            print(f"{variant}: alphas at the end {alphas.min():+.2f} to {alphas.max():+.2f} (mean {alphas.mean():+.2f})")
     start = time.time()
-    alone = train_alone_many(args.data, paths, [args.seed, args.seed + 1], args.epochs, args.jobs)
+    alone = train_alone_many(args.space, args.data, paths, [args.seed, args.seed + 1], args.epochs, args.jobs)
     alone_seconds = time.time() - start
-    print(f"uib on {args.data} ({space.resolution}x{space.resolution}x{space.in_channels}, {space.num_classes} "
-          f"classes), {args.paths} paths, each trained alone for {args.epochs} epochs under 2 seeds "
-          f"({alone_seconds:.0f} s); supernets of {args.steps} steps of {args.batch_size}: "
-          + ", ".join(f"{v} ({supernet_seconds[v]:.0f} s)" for v in args.variants))
+    print(f"{args.space} on {args.data} ({space.resolution}x{space.resolution}x{space.in_channels}, "
+          f"{space.num_classes} classes), {args.paths} paths, each trained alone for {args.epochs} epochs under 2 "
+          f"seeds ({alone_seconds:.0f} s); supernets of {args.steps} steps of {args.batch_size}: "
+          + ", ".join(f"{v} ({supernet_seconds[v]:.0f} s)" for v in variants))
     mean_alone = np.mean(alone, 0)
     print(f"accuracy trained alone: {100 * mean_alone.min():.2f}-{100 * mean_alone.max():.2f}% "
           f"(seed-to-seed difference {100 * np.mean(np.abs(np.subtract(*alone))):.2f} points on average)")
-    rows = [(f"{v}: inherited vs alone (mean of 2 seeds)", inherited[v], mean_alone) for v in args.variants]
+    rows = [(f"{v}: inherited vs alone (mean of 2 seeds)", inherited[v], mean_alone) for v in variants]
     rows.append(("alone seed 1 vs alone seed 2 (the ceiling)", alone[0], alone[1]))
-    for v in args.variants:
+    for v in variants:
         print(f"{v}: accuracy with inherited weights {100 * min(inherited[v]):.2f}-{100 * max(inherited[v]):.2f}%")
     for label, a, b in rows:
         r = ranking_agreement(a, b)

@@ -11,10 +11,13 @@ parameters jointly on one batch, on
 cost term (``cost_weight > 0``, the cost-aware variant the RAN-e paper leaves open) is
 the relaxation's expected cost under the run's cost model (a LUT's latency, MACs, ...)
 relative to the base arch's, so the search also weighs what a choice costs on the target.
+Under a run's ``budget``, the cost term is ``cost_weight * max(0, expected_cost / budget - 1)``:
+the search pays for cost only above the budget.
 
 The result is the Arch the relaxation stands for at the end (AFRB: units whose alpha is
 within ``band`` collapse, the others become IBNs with their first activation restored;
-mixed ops: the argmax), trained from scratch by the run's evaluator, with the trajectory
+mixed ops: the argmax; under a budget it misses, the relaxation's most probable changes
+that fit, as TuNAS's :func:`~searchers.tunas.fit_budget`), trained from scratch by the run's evaluator, with the trajectory
 of the architecture parameters, and the base arch's and the result's MACs and cost.
 
 ``micro_batches`` (default: one per process) cuts each step's batch into slices, each
@@ -37,6 +40,7 @@ from nas.ledger import flat_progress
 from nas.lut import describe_latency, latency_report
 from nas.training.harness import WeightTraining, cosine_lr, set_lr
 from nas.training.train import rng_states, set_rng_states
+from searchers.tunas import fit_budget, repair_line
 
 
 @register_searcher("differentiable")
@@ -97,29 +101,42 @@ class Differentiable(Searcher):
         except NASError as exc:
             raise NASError(f"searcher.base: {exc}") from None
 
-    def search(self, problem):
+    def train_relaxation(self, problem) -> tuple:
+        """The search's training: ``problem.space``'s relaxation of the base, weights and
+        architecture parameters trained together (resumed from the run's checkpoint if
+        any). Returns ``(base, relaxation, joint)``."""
         space = problem.space
         base = self.base_arch(space)
         training = WeightTraining(problem, self, "trains weights", {"batch_size": (self.batch_size, 2)},
-                                  {"space": space.config(), "base": dict(base)})
+                                  {"space": space.config(), "base": dict(base), "budget": problem.budget})
         torch.manual_seed(problem.seed)
         relaxation = space.relaxed(base, seed=problem.seed, **self.relax_options)
         relaxation.bind_cost(problem.cost_model)
         relaxation.to(device=training.device, memory_format=torch.channels_last)
         joint = JointTraining(self, relaxation, training, problem.cost(base))
         joint.run()
+        return base, relaxation, joint
+
+    def search(self, problem):
+        base, relaxation, joint = self.train_relaxation(problem)
         if not problem.world.is_main:
             return None  # the relaxation is trained; rank 0 evaluates and reports its result
         arch = relaxation.derive(band=self.band)
+        repair = {}
+        if problem.budget is not None and not problem.within_budget(problem.cost(arch)):
+            distributions = relaxation.distributions()
+            arch, repair["budget_repair"] = fit_budget(problem, arch, {n: p for n, (_, p) in distributions.items()},
+                                                       {n: options for n, (options, _) in distributions.items()})
         if self.evaluate_base:
             problem.evaluate(base)
         evaluation = problem.evaluate(arch)
         before, after = self.describe(problem, relaxation, base), self.describe(problem, relaxation, arch)
         extras = {"relaxation": relaxation.state_kind, "final": relaxation.state(), "trajectory": joint.trajectory,
-                  "band": list(self.band), "before": before, "after": after}
+                  "band": list(self.band), "before": before, "after": after, **repair}
         if self.measure_latency:
             extras.update(latency_report(problem, arch))
-        extras["report"] = self.report_lines(problem, before, after, extras, evaluation)
+        fitted = [repair_line(problem, None, repair["budget_repair"], "the derived arch")] if repair else []
+        extras["report"] = fitted + self.report_lines(problem, before, after, extras, evaluation)
         return problem.result(**extras)
 
     @staticmethod
@@ -189,7 +206,9 @@ class JointTraining:
         penalty, expected = relaxation.penalty(), relaxation.expected_cost()
         extra = searcher.penalty_weight * penalty
         if searcher.cost_weight:
-            extra = extra + searcher.cost_weight * expected / self.base_cost
+            budget = self.problem.budget
+            relative = expected / self.base_cost if budget is None else F.relu(expected / budget - 1)
+            extra = extra + searcher.cost_weight * relative
         if training.world.is_main and extra.requires_grad:  # terms of the architecture alone: counted once
             extra.backward()  # first: the sums of gradients then run in the same order in any world
 

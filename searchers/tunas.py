@@ -236,11 +236,11 @@ def fit_budget(problem, arch: Arch, probs: dict, options: dict) -> tuple[Arch, d
                     "changed": {n: [arch[n], fitted[n]] for n in arch if arch[n] != fitted[n]}}
 
 
-def repair_line(problem, stage: str, repair: dict) -> str:
-    """What a budget repair did, as the run prints it."""
+def repair_line(problem, stage: str | None, repair: dict, what: str = "the controller's argmax") -> str:
+    """What a budget repair of ``what`` (in ``stage``, if any) did, as the run prints it."""
     unit = problem.cost_model.unit
-    return (f"{stage}: the controller's argmax costs {format_cost(repair['argmax_cost'], unit)}, over the budget; "
-            f"{len(repair['changed'])} decisions changed to its most probable choices within it "
+    return (f"{stage + ': ' if stage else ''}{what} costs {format_cost(repair['argmax_cost'], unit)}, over the "
+            f"budget; {len(repair['changed'])} decisions changed to its most probable choices within it "
             f"({format_cost(repair['cost'], unit)})")
 
 

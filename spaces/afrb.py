@@ -36,6 +36,7 @@ with a bias could reproduce the block.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -409,12 +410,41 @@ class AFRBSupernet(Relaxation):
         p = self.collapse_probability()
         return fixed + (p * table[:, 1] + (1 - p) * table[:, 0]).sum()
 
+    def pin(self, arch: Arch) -> None:
+        """Set every unit's alpha to the end that stands for its form in ``arch``: 0 for an
+        IBN (``I``), 1 for the collapsible form (``R``). The path's kernels must be the
+        base's, the only ones this SuperNet holds."""
+        arch = self.space.validate(arch)
+        wrong = [name for name in self.afrbs if arch[f"{name}_kernel"] != self.base[f"{name}_kernel"]]
+        if wrong:
+            raise NASError(f"this AFRB SuperNet holds the base's kernels only; the path differs at "
+                           f"{', '.join(f'{n}_kernel' for n in wrong)}")
+        with torch.no_grad():
+            for name, afrb in self.afrbs.items():
+                afrb.alpha.fill_(1.0 if arch[f"{name}_form"] == "R" else 0.0)
+
+    def export(self, arch: Arch) -> nn.Module:
+        """The network of path ``arch`` with this SuperNet's weights (a copy, alphas pinned
+        by :meth:`pin` and frozen), as weight-sharing ranking evaluates it. An ``I`` unit is
+        the AFRB at alpha 0, an IBN without the first activation (what the search trained),
+        not the space's built IBN; an ``R`` unit computes exactly its collapsed convolution."""
+        path = copy.deepcopy(self)
+        path.pin(arch)
+        for alpha in path.arch_parameters().values():
+            alpha.requires_grad_(False)
+        return AFRBNet(path.stem, list(path.rows), path.top)
+
     def derive(self, band=(0.8, 1.3), **_):
         """Units whose alpha lies in ``band`` collapse (``R``); the others are IBNs."""
         lo, hi = band
         forms = {f"{name}_form": "R" if lo <= float(afrb.alpha.detach()) <= hi else "I"
                  for name, afrb in self.afrbs.items()}
         return self.space.canonicalize(self.base.replace(**forms))
+
+    def distributions(self):
+        # the expected cost's reading of alpha: R with the collapse probability
+        collapse = self.collapse_probability().detach().tolist()
+        return {f"{name}_form": (FORMS, [1 - p, p]) for name, p in zip(self.afrbs, collapse)}
 
     def state(self):
         return {name: float(a.detach()) for name, a in self.arch_parameters().items()}

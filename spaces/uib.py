@@ -666,5 +666,8 @@ class UIBRelaxation(Relaxation):
         values = self._values({n: int(v.detach().argmax()) for n, v in self.logits.items()})
         return self.space.canonicalize(self.base.replace(**values))
 
+    def distributions(self):
+        return {n: (self.space.decision(n).options, p) for n, p in self.state().items()}
+
     def state(self):
         return {n: F.softmax(v.detach(), 0).tolist() for n, v in self.logits.items()}

@@ -115,6 +115,50 @@ def test_collapse_needs_alpha_one_and_the_whole_supernet_collapses():
     assert convs(collapsed) == convs(space.build(all_r))
 
 
+def test_an_exported_path_is_the_supernet_with_alphas_pinned_and_leaves_it_unchanged():
+    # Weight-sharing ranking on the AFRB SuperNet: a path (a form per unit) keeps the
+    # SuperNet's weights with every alpha at the end its form stands for, 0 (I) or 1 (R).
+    from nas.training.supernet import inherited_accuracy
+
+    space = small_space()
+    torch.manual_seed(0)
+    supernet = space.relaxed(alpha_init=0.4)
+    randomise_batchnorm(supernet)
+    supernet.eval()
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    forms = {f"u{u.index}_form": "R" if u.index % 3 == 0 else "I" for u in space.units}
+    arch = space.default_arch().replace(**forms)
+    path = supernet.export(arch).eval()
+    assert all(torch.equal(v, supernet.state_dict()[k]) for k, v in before.items())
+    path_alphas = [m.alpha for m in path.modules() if isinstance(m, AFRB)]
+    assert len(path_alphas) == len(space.units) and not any(a.requires_grad for a in path_alphas)
+    alphas = sorted(float(a) for a in path_alphas)
+    n_r = sum(f == "R" for f in forms.values())
+    assert alphas == [0.0] * (len(forms) - n_r) + [1.0] * n_r and 0 < n_r < len(forms)
+    reference = space.relaxed(alpha_init=0.4)
+    reference.load_state_dict(supernet.state_dict())
+    with torch.no_grad():
+        for name, afrb in reference.afrbs.items():
+            afrb.alpha.fill_(1.0 if forms[f"{name}_form"] == "R" else 0.0)
+    reference.eval()
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(path(x), reference(x), atol=1e-5)
+        # its R units are exactly their collapsed convolutions
+        collapsed = collapse(path.rows, strict=False)
+        assert sum(isinstance(m, AFRB) for m in collapsed.modules()) == len(forms) - n_r
+        assert torch.allclose(path.top(collapsed(path.stem(x))), path(x), atol=1e-4)
+    with pytest.raises(NASError, match="base's kernels only; the path differs at u2_kernel"):
+        supernet.export(arch.replace(u2_kernel=5))
+    # the generic ranking helper runs on it and leaves the SuperNet as it was
+    data = nas.get_dataset("synthetic", n=64, num_classes=4, in_channels=1, resolution=16)
+    evaluator = nas.get_evaluator("train")
+    evaluator.bind(space, data)
+    accuracy = inherited_accuracy(supernet, arch, evaluator.data, space.input_shape, 32, "cpu", 2)
+    assert 0 <= accuracy <= 1
+    assert all(torch.equal(v, supernet.state_dict()[k]) for k, v in before.items())
+
+
 def test_prelu_pair_shares_one_alpha():
     block = AFRB(4, 4, 8, 3, 1, alpha_init=0.3)
     scalars = [p for p in block.parameters() if p.ndim == 0]
@@ -219,6 +263,31 @@ def test_cost_term_pulls_expensive_units_towards_collapse():
     plain, costed = final_alphas(0.0), final_alphas(5.0)
     # with the cost term, alphas move towards 1 (cheaper expected cost) more than without
     assert np.mean([abs(a - 1) for a in costed.values()]) < np.mean([abs(a - 1) for a in plain.values()])
+
+
+def test_differentiable_search_under_a_budget_pays_above_it_and_fits_the_derived_arch():
+    def search(cost_weight, budget_share):
+        space = small_space()
+        problem = tiny_problem(space)
+        all_i = problem.cost(space.default_arch())
+        if budget_share is not None:
+            problem = problem.with_budget(budget_share * all_i)
+        searcher = nas.get_searcher("differentiable", steps=8, batch_size=16, penalty_weight=0.0,
+                                    cost_weight=cost_weight, alpha_init=0.5)
+        return problem, nas.run_search(searcher, problem)
+
+    # a budget over every arch's cost: the hinge is zero, the search is the cost-blind one
+    _, blind = search(0.0, None)
+    _, loose = search(5.0, 1.01)
+    assert loose.extras["final"] == blind.extras["final"] and "budget_repair" not in loose.extras
+    # a tight budget: alphas move towards collapse, and the derived arch is made to fit
+    problem, tight = search(5.0, 0.65)
+    assert np.mean(list(tight.extras["final"].values())) > np.mean(list(blind.extras["final"].values()))
+    repair = tight.extras["budget_repair"]
+    assert repair["argmax_cost"] > problem.budget >= repair["cost"] == tight.best.cost
+    assert repair["changed"] and all(k.endswith("_form") and v == ["I", "R"] for k, v in repair["changed"].items())
+    assert tight.best.feasible and tight.n_evals == 1
+    assert tight.extras["report"][0].startswith("the derived arch costs ")
 
 
 def test_differentiable_search_on_uib_mixed_ops():

@@ -78,6 +78,11 @@ class Relaxation(nn.Module, abc.ABC):
         """The discrete Arch the relaxation stands for now."""
 
     @abc.abstractmethod
+    def distributions(self) -> dict[str, tuple[tuple, list[float]]]:
+        """Per relaxed decision, its options and how probable the relaxation holds each now
+        (what a derived Arch over a budget gives way by: the least probable changes first)."""
+
+    @abc.abstractmethod
     def state(self) -> dict[str, float | list[float]]:
         """Per relaxed decision, its current alpha or option probabilities (for plots)."""
 
