@@ -16,7 +16,8 @@ together on cross-entropy + 0.01 x the alpha penalty, its defaults, ``--steps`` 
 by the `train` evaluator (the default recipe: 2 epochs) under two seeds, whose own tau is
 the ceiling any supernet can reach on this task.
 
-    python benchmarks/supernet_ranking.py [--space uib] [--paths 20] [--steps 500] [--variants ...] [--data mnist5k] [--jobs 1]
+    python benchmarks/supernet_ranking.py [--space uib] [--paths 20] [--steps 500] [--variants ...]
+                                          [--data mnist5k] [--jobs 1]
 """
 
 from __future__ import annotations
@@ -200,7 +201,8 @@ def main() -> None:
         inherited[variant] = [inherited_accuracy(supernet, a, data, space.input_shape, 256, "cpu") for a in paths]
         if variant == "searched":
             alphas = np.array(list(supernet.state().values()))
-            print(f"{variant}: alphas at the end {alphas.min():+.2f} to {alphas.max():+.2f} (mean {alphas.mean():+.2f})")
+            print(f"{variant}: alphas at the end {alphas.min():+.2f} to {alphas.max():+.2f} "
+                  f"(mean {alphas.mean():+.2f})")
     start = time.time()
     alone = train_alone_many(args.space, args.data, paths, [args.seed, args.seed + 1], args.epochs, args.jobs)
     alone_seconds = time.time() - start

@@ -17,8 +17,9 @@ the search pays for cost only above the budget.
 The result is the Arch the relaxation stands for at the end (AFRB: units whose alpha is
 within ``band`` collapse, the others become IBNs with their first activation restored;
 mixed ops: the argmax; under a budget it misses, the relaxation's most probable changes
-that fit, as TuNAS's :func:`~searchers.tunas.fit_budget`), trained from scratch by the run's evaluator, with the trajectory
-of the architecture parameters, and the base arch's and the result's MACs and cost.
+that fit, as TuNAS's :func:`~searchers.tunas.fit_budget`), trained from scratch by the run's
+evaluator, with the trajectory of the architecture parameters, and the base arch's and the
+result's MACs and cost.
 
 ``micro_batches`` (default: one per process) cuts each step's batch into slices, each
 with its own forward pass (and, for mixed ops, its own Gumbel sample), weighted by its
