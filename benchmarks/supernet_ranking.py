@@ -98,20 +98,28 @@ def sample_path(space, rng, base):
     return arch
 
 
-def train_uib_supernet(space, data, steps: int, batch_size: int, lr: float, sandwich: bool, seed: int):
-    torch.manual_seed(seed)
+def train_shared_weights(space, data, supernet, optimizer, lr: float, steps: int, batch_size: int, seed: int,
+                         backward) -> None:
+    """``steps`` steps of ``optimizer`` (cosine schedule from ``lr``) on batches of
+    ``batch_size``; ``backward(x, y, rng)`` computes one step's gradients."""
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    supernet = space.supernet()
-    supernet.to(memory_format=torch.channels_last)
-    optimizer = supernet.optimizer(lr, momentum=0.9, weight_decay=4e-5)
     pool = torch.arange(len(data.train))
-    largest, smallest = extreme_path(space, max), extreme_path(space, min)
     supernet.train()
     for step in range(steps):
         set_lr(optimizer, cosine_lr(lr, step, steps))
         x, y = load_batch(data, sample_indices(pool, batch_size, gen), space.input_shape, "cpu")
         optimizer.zero_grad(set_to_none=True)
+        backward(x, y, rng)
+        optimizer.step()
+
+
+def train_uib_supernet(space, data, steps: int, batch_size: int, lr: float, sandwich: bool, seed: int):
+    torch.manual_seed(seed)
+    supernet = space.supernet().to(memory_format=torch.channels_last)
+    largest, smallest = extreme_path(space, max), extreme_path(space, min)
+
+    def backward(x, y, rng):
         if sandwich:
             logits = supernet(x, largest)
             F.cross_entropy(logits, y).backward()
@@ -120,7 +128,9 @@ def train_uib_supernet(space, data, steps: int, batch_size: int, lr: float, sand
                 F.cross_entropy(supernet(x, arch), soft).backward()
         else:
             F.cross_entropy(supernet(x, space.sample(rng)), y).backward()
-        optimizer.step()
+
+    train_shared_weights(space, data, supernet, supernet.optimizer(lr, momentum=0.9, weight_decay=4e-5), lr,
+                         steps, batch_size, seed, backward)
     return supernet
 
 
@@ -136,21 +146,16 @@ def train_afrb_supernet(space, data, steps: int, batch_size: int, lr: float | No
         problem = nas.SearchProblem(space, nas.get_cost_model("macs"), evaluator, seed=seed, show_progress=False)
         return searcher.train_relaxation(problem)[1]
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
     base = space.default_arch()
-    supernet = space.relaxed(base)
-    supernet.to(memory_format=torch.channels_last)
-    optimizer = supernet.weight_optimizer(searcher.lr, searcher.momentum, searcher.weight_decay)
-    pool = torch.arange(len(data.train))
-    supernet.train()
-    for step in range(steps):
-        set_lr(optimizer, cosine_lr(searcher.lr, step, steps))
-        x, y = load_batch(data, sample_indices(pool, batch_size, gen), space.input_shape, "cpu")
-        optimizer.zero_grad(set_to_none=True)
+    supernet = space.relaxed(base).to(memory_format=torch.channels_last)
+
+    def backward(x, y, rng):
         supernet.pin(sample_path(space, rng, base))
         F.cross_entropy(supernet(x), y).backward()
-        optimizer.step()
+
+    train_shared_weights(space, data, supernet,
+                         supernet.weight_optimizer(searcher.lr, searcher.momentum, searcher.weight_decay),
+                         searcher.lr, steps, batch_size, seed, backward)
     return supernet
 
 

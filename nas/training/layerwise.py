@@ -111,9 +111,9 @@ class LayerwiseNet(nn.Module):
         layout of ``space.build(arch)``)."""
         mods = list(self.teacher)[:self.n_prefix]
         for i, d in enumerate(self.decisions):
-            option = arch[d.name]
+            option, module = arch[d.name], self.module(i, arch[d.name])
             # a candidate is the Sequential of its layer's ops, which space.build lays out flat
-            mods += [self.teacher_layer(i)] if option == self.space.reference_option else list(self.module(i, option))
+            mods += [module] if option == self.space.reference_option else list(module)
         mods += list(self.teacher)[self.n_prefix + self.n_layers:]
         return copy.deepcopy(nn.Sequential(*mods))
 
