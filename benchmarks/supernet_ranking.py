@@ -4,7 +4,10 @@ a trained supernet (BatchNorm recalibrated) and their accuracy trained alone.
 ``--space uib``: the UIB supernet, trained as TuNAS's shared weights are (SliceSGD, cosine
 schedule, batch 64) on uniformly sampled paths (``uniform``); ``sandwich`` also trains the
 largest and the smallest path each step and the sampled paths learn from the largest one's
-soft labels (in-place distillation, as in BigNAS / OFA), at four paths' work per step.
+soft labels (in-place distillation, as in BigNAS / OFA), at four paths' work per step;
+``tunas`` is the supernet as ``searcher=tunas searcher.stages=1`` trains it (``--steps``
+steps, its defaults otherwise: the filter warm-up, paths drawn from the controller, whose
+reward aims at the median cost of 200 random networks by MACs).
 
 ``--space afrb``: RAN-e's PReLU SuperNet, a path being a form per unit (kernels the base's,
 3): its weights with every unit's alpha pinned at 0 (``I``) or 1 (``R``).
@@ -42,7 +45,7 @@ from nas.training.supernet import inherited_accuracy, ranking_agreement  # noqa:
 from nas.training.train import load_batch, sample_indices  # noqa: E402
 
 #: each space's supernet variants (the first is the default)
-VARIANTS = {"uib": ("uniform", "sandwich"), "afrb": ("searched", "uniform")}
+VARIANTS = {"uib": ("uniform", "sandwich", "tunas"), "afrb": ("searched", "uniform")}
 
 #: per worker process: the data set, its space and one bound evaluator per (seed, epochs)
 WORKER: dict = {}
@@ -137,6 +140,17 @@ def train_uib_supernet(space, data, steps: int, batch_size: int, lr: float, sand
     return supernet
 
 
+def train_tunas_supernet(space, data, steps: int, batch_size: int, lr: float | None, seed: int):
+    """The UIB supernet after a one-stage TuNAS search of ``steps`` steps (its own training,
+    controller and warm-up; costs by MACs)."""
+    searcher = nas.get_searcher("tunas", stages=1, steps=steps, batch_size=batch_size, measure_latency=False,
+                                **({"lr": lr} if lr is not None else {}))
+    evaluator = nas.get_evaluator("train", seed=seed)
+    evaluator.bind(space, data)
+    problem = nas.SearchProblem(space, nas.get_cost_model("macs"), evaluator, seed=seed, show_progress=False)
+    return searcher.train_supernet(problem)[2]
+
+
 def train_afrb_supernet(space, data, steps: int, batch_size: int, lr: float | None, searched: bool, seed: int):
     """The AFRB SuperNet after ``steps``: trained by the ``differentiable`` searcher itself
     (``searched``), or its weights alone on uniformly drawn paths, with the searcher's
@@ -169,7 +183,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=None,
-                        help="supernet learning rate (default: uib 0.1, as TuNAS; afrb the differentiable searcher's)")
+                        help="supernet learning rate (default: uib 0.1, as TuNAS; the tunas variant and afrb: "
+                             "their searcher's own)")
     parser.add_argument("--variants", nargs="+", default=None,
                         choices=sorted({v for vs in VARIANTS.values() for v in vs}),
                         help="how the supernet is trained, each variant its own supernet (default: all of "
@@ -200,7 +215,9 @@ def main() -> None:
     inherited, supernet_seconds = {}, {}
     for variant in variants:
         start = time.time()
-        if args.space == "uib":
+        if variant == "tunas":
+            supernet = train_tunas_supernet(space, data, args.steps, args.batch_size, args.lr, args.seed)
+        elif args.space == "uib":
             supernet = train_uib_supernet(space, data, args.steps, args.batch_size, args.lr or 0.1,
                                           variant == "sandwich", args.seed)
         else:

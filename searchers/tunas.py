@@ -161,7 +161,11 @@ class TuNAS(Searcher):
         return [("stage1-coarse", space.decisions("coarse")), ("stage2-fine", space.decisions("fine"))]
 
     # ------------------------------------------------------------------ search
-    def search(self, problem):
+    def train_supernet(self, problem) -> tuple:
+        """The search's training: the supernet's shared weights and each stage's controller
+        (resumed from the run's checkpoint if any). Returns ``(held, stage_reports, supernet,
+        aim, aim_from)``: the last stage's argmax (fitted to the budget stage by stage), the
+        stages' reports and the trained supernet."""
         space = problem.space
         aim, aim_from = self.resolve_aim(problem)
         training = WeightTraining(problem, self, "trains a supernet",
@@ -176,6 +180,11 @@ class TuNAS(Searcher):
         n_ctrl = max(1, int(len(training.data.train) * self.controller_share))
         pools = {"weights": perm[n_ctrl:], "controller": perm[:n_ctrl]}
         held, stage_reports = self._train_stages(SupernetRun(training, supernet, pools, aim, gen, rng))
+        return held, stage_reports, supernet, aim, aim_from
+
+    def search(self, problem):
+        space = problem.space
+        held, stage_reports, _, aim, aim_from = self.train_supernet(problem)
         if not problem.world.is_main:
             return None  # the search is trained; rank 0 evaluates and reports its result
         final = space.canonicalize(held)
