@@ -140,15 +140,19 @@ def train_uib_supernet(space, data, steps: int, batch_size: int, lr: float, sand
     return supernet
 
 
+def search_problem(space, data, seed: int):
+    """A search problem on ``data`` priced by MACs: what a searcher's own supernet training needs."""
+    evaluator = nas.get_evaluator("train", seed=seed)
+    evaluator.bind(space, data)
+    return nas.SearchProblem(space, nas.get_cost_model("macs"), evaluator, seed=seed, show_progress=False)
+
+
 def train_tunas_supernet(space, data, steps: int, batch_size: int, lr: float | None, seed: int):
     """The UIB supernet after a one-stage TuNAS search of ``steps`` steps (its own training,
     controller and warm-up; costs by MACs)."""
     searcher = nas.get_searcher("tunas", stages=1, steps=steps, batch_size=batch_size, measure_latency=False,
                                 **({"lr": lr} if lr is not None else {}))
-    evaluator = nas.get_evaluator("train", seed=seed)
-    evaluator.bind(space, data)
-    problem = nas.SearchProblem(space, nas.get_cost_model("macs"), evaluator, seed=seed, show_progress=False)
-    return searcher.train_supernet(problem)[2]
+    return searcher.train_supernet(search_problem(space, data, seed))[2]
 
 
 def train_afrb_supernet(space, data, steps: int, batch_size: int, lr: float | None, searched: bool, seed: int):
@@ -158,10 +162,7 @@ def train_afrb_supernet(space, data, steps: int, batch_size: int, lr: float | No
     searcher = nas.get_searcher("differentiable", steps=steps, batch_size=batch_size,
                                 **({"lr": lr} if lr is not None else {}))
     if searched:
-        evaluator = nas.get_evaluator("train", seed=seed)
-        evaluator.bind(space, data)
-        problem = nas.SearchProblem(space, nas.get_cost_model("macs"), evaluator, seed=seed, show_progress=False)
-        return searcher.train_relaxation(problem)[1]
+        return searcher.train_relaxation(search_problem(space, data, seed))[1]
     torch.manual_seed(seed)
     base = space.default_arch()
     supernet = space.relaxed(base).to(memory_format=torch.channels_last)
@@ -246,7 +247,7 @@ def main() -> None:
     for label, a, b in rows:
         r = ranking_agreement(a, b)
         print(f"{label:<48} Kendall tau {r['kendall_tau']:+.3f}   Spearman {r['spearman']:+.3f}")
-    macs = [sum(op.macs() for op in space.ops(a)) for a in paths]
+    macs = [nas.get_cost_model("macs").arch_cost(space, a) for a in paths]
     by_size = [(f"{v}: inherited", inherited[v]) for v in variants] + [("alone (mean of 2 seeds)", mean_alone)]
     print("Kendall tau against the paths' MACs: " + ", ".join(
         f"{label} {ranking_agreement(a, macs)['kendall_tau']:+.3f}" for label, a in by_size))
