@@ -10,7 +10,7 @@ percentage points, after 50, 100 and 200 evaluations (distinct networks trained,
 looked up), averaged over the seeds. A searcher that proposes a cell over the budget has it
 priced but not evaluated; the table counts those proposals too.
 
-    python benchmarks/constrained_nb201.py [--seeds 20] [--jobs 2] [--targets macs cpu]
+    python benchmarks/constrained_nb201.py [--seeds 20] [--first-seed 0] [--jobs 2] [--targets macs cpu]
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def cost_model(target: str, reference_lut: bool):
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run from this one on (other seeds than the reported ones, to check a change)")
     parser.add_argument("--targets", nargs="+", default=["macs", "cpu"], choices=["macs", "cpu"])
     parser.add_argument("--reference-lut", action="store_true",
                         help="price target=cpu with the shipped LUT (another machine's) instead of this machine's")
@@ -112,10 +114,10 @@ def main() -> None:
             top = accuracy[feasible].max()
             settings.append((target, budget, q, feasible.mean(), top))
             tasks += [(label, target, budget, seed, args.checkpoints)
-                      for label in args.searchers for seed in range(args.seeds)]
+                      for label in args.searchers for seed in range(args.first_seed, args.first_seed + args.seeds)]
     start = time.time()
     results = run_all(one_search, tasks, args.jobs)
-    print(f"NAS-Bench-201 CIFAR-10, {args.seeds} seeds, {len(tasks)} searches in {time.time() - start:.0f} s")
+    print(f"NAS-Bench-201 CIFAR-10, {args.seeds} seeds ({args.first_seed}-{args.first_seed + args.seeds - 1}), {len(tasks)} searches in {time.time() - start:.0f} s")
     print("mean regret in percentage points (std over seeds in brackets); 'proposals/eval': proposals per evaluation (those "
           "over the budget are priced, not evaluated; bayesopt prices its candidates first); 'CPU-s': per search")
     for target, budget, q, share, top in settings:

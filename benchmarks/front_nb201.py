@@ -8,7 +8,7 @@ search's, x100) after 50, 100 and 200 evaluations, averaged over the seeds. NSGA
 with its population sized to the evaluations (``population_size`` null: 4 at 50, 10 at
 100, 20 at 200) and with a fixed 20 (Optuna's default, the searcher's default before).
 
-    python benchmarks/front_nb201.py [--seeds 20] [--jobs 2] [--targets macs cpu]
+    python benchmarks/front_nb201.py [--seeds 20] [--first-seed 0] [--jobs 2] [--targets macs cpu]
 """
 
 from __future__ import annotations
@@ -62,10 +62,10 @@ def main() -> None:
         best[target] = hypervolume(np.stack([costs / costs.max(), 1.0 - accuracy], 1))
     # Each number of evaluations is its own search: NSGA-II's sized population depends on it.
     tasks = [(label, target, n, seed) for target in args.targets for n in args.evaluations
-             for label in SEARCHERS for seed in range(args.seeds)]
+             for label in SEARCHERS for seed in range(args.first_seed, args.first_seed + args.seeds)]
     start = time.time()
     results = run_all(one_search, tasks, args.jobs)
-    print(f"NAS-Bench-201 CIFAR-10, {args.seeds} seeds, {len(tasks)} searches in {time.time() - start:.0f} s")
+    print(f"NAS-Bench-201 CIFAR-10, {args.seeds} seeds ({args.first_seed}-{args.first_seed + args.seeds - 1}), {len(tasks)} searches in {time.time() - start:.0f} s")
     print("hypervolume shortfall x100 against the front of all cells (std over seeds in brackets)")
     for target in args.targets:
         print(f"\ntarget={target}: the front of all cells has hypervolume {best[target]:.4f}")

@@ -23,6 +23,7 @@ paths shows it there). ``--save`` writes every path's decisions, MACs and accura
 
     python benchmarks/supernet_ranking.py [--space uib] [--paths 20] [--steps 500] [--variants ...]
                                           [--data mnist5k] [--jobs 1] [--save paths.json]
+                                          [--alone-from paths.json]
 """
 
 from __future__ import annotations
@@ -120,20 +121,31 @@ def train_shared_weights(space, data, supernet, optimizer, lr: float, steps: int
         optimizer.step()
 
 
-def train_uib_supernet(space, data, steps: int, batch_size: int, lr: float, sandwich: bool, seed: int):
+def train_uib_supernet(space, data, steps: int, batch_size: int, lr: float, sandwich: bool, seed: int,
+                       sample=None, hits: list | None = None):
+    """The UIB supernet after ``steps`` on paths drawn by ``sample(rng)`` (default: the
+    space's uniform draw); ``hits``, when given, receives each step's training accuracy of
+    its sampled path (the first, with the sandwich rule)."""
     torch.manual_seed(seed)
     supernet = space.supernet().to(memory_format=torch.channels_last)
     largest, smallest = extreme_path(space, max), extreme_path(space, min)
+    sample = sample or space.sample
 
     def backward(x, y, rng):
         if sandwich:
             logits = supernet(x, largest)
             F.cross_entropy(logits, y).backward()
             soft = logits.detach().softmax(1)
-            for arch in (smallest, space.sample(rng), space.sample(rng)):
-                F.cross_entropy(supernet(x, arch), soft).backward()
+            for i, arch in enumerate((smallest, sample(rng), sample(rng))):
+                path_logits = supernet(x, arch)
+                F.cross_entropy(path_logits, soft).backward()
+                if hits is not None and i == 1:
+                    hits.append(float((path_logits.argmax(1) == y).float().mean()))
         else:
-            F.cross_entropy(supernet(x, space.sample(rng)), y).backward()
+            logits = supernet(x, sample(rng))
+            F.cross_entropy(logits, y).backward()
+            if hits is not None:
+                hits.append(float((logits.argmax(1) == y).float().mean()))
 
     train_shared_weights(space, data, supernet, supernet.optimizer(lr, momentum=0.9, weight_decay=4e-5), lr,
                          steps, batch_size, seed, backward)
@@ -177,6 +189,22 @@ def train_afrb_supernet(space, data, steps: int, batch_size: int, lr: float | No
     return supernet
 
 
+def saved_paths(path: str, space, data_name: str, epochs: int) -> tuple[list, list[list[float]]]:
+    """The paths of a ``--save`` file and, per seed, their accuracies trained alone; SystemExit
+    when the file is of another space, data set or number of epochs, or not such a file."""
+    try:
+        saved = json.loads(Path(path).read_text())
+        found = {key: saved[key] for key in ("space", "data", "epochs")}
+        paths = [space.validate(nas.Arch(p["arch"])) for p in saved["paths"]]
+        alone = [[p["alone"][i] for p in saved["paths"]] for i in range(2)]
+    except (OSError, ValueError, KeyError, IndexError, TypeError, nas.NASError) as e:
+        raise SystemExit(f"--alone-from {path}: not a file written by --save ({type(e).__name__}: {e})")
+    wanted = {"space": space.name, "data": data_name, "epochs": epochs}
+    if found != wanted:
+        raise SystemExit(f"--alone-from {path}: its paths are of {found}, this run's of {wanted}")
+    return paths, alone
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="uib", choices=sorted(VARIANTS))
@@ -195,6 +223,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="paths trained alone in parallel (one thread each)")
     parser.add_argument("--save", help="also write every path's decisions, MACs and accuracies to this JSON file")
+    parser.add_argument("--alone-from", help="a file written by --save: rank its paths against its accuracies trained "
+                                             "alone (of the same space, data and epochs) instead of drawing and "
+                                             "training paths")
     args = parser.parse_args()
     variants = args.variants or list(VARIANTS[args.space])
     unknown = [v for v in variants if v not in VARIANTS[args.space]]
@@ -205,14 +236,18 @@ def main() -> None:
 
     data = nas.get_dataset(args.data)
     space = space_for(args.space, data)
-    rng = np.random.default_rng(args.seed)
-    base = space.default_arch()
-    paths, keys = [], set()
-    while len(paths) < args.paths:
-        arch = sample_path(space, rng, base)
-        if arch.key() not in keys:
-            keys.add(arch.key())
-            paths.append(arch)
+    if args.alone_from:
+        paths, alone = saved_paths(args.alone_from, space, args.data, args.epochs)
+        args.paths = len(paths)
+    else:
+        rng = np.random.default_rng(args.seed)
+        base = space.default_arch()
+        paths, keys = [], set()
+        while len(paths) < args.paths:
+            arch = sample_path(space, rng, base)
+            if arch.key() not in keys:
+                keys.add(arch.key())
+                paths.append(arch)
     inherited, supernet_seconds = {}, {}
     for variant in variants:
         start = time.time()
@@ -230,12 +265,15 @@ def main() -> None:
             alphas = np.array(list(supernet.state().values()))
             print(f"{variant}: alphas at the end {alphas.min():+.2f} to {alphas.max():+.2f} "
                   f"(mean {alphas.mean():+.2f})")
-    start = time.time()
-    alone = train_alone_many(args.space, args.data, paths, [args.seed, args.seed + 1], args.epochs, args.jobs)
-    alone_seconds = time.time() - start
+    if args.alone_from:
+        alone_text = f"trained alone for {args.epochs} epochs under 2 seeds as read from {args.alone_from}"
+    else:
+        start = time.time()
+        alone = train_alone_many(args.space, args.data, paths, [args.seed, args.seed + 1], args.epochs, args.jobs)
+        alone_text = f"each trained alone for {args.epochs} epochs under 2 seeds ({time.time() - start:.0f} s)"
     print(f"{args.space} on {args.data} ({space.resolution}x{space.resolution}x{space.in_channels}, "
-          f"{space.num_classes} classes), {args.paths} paths, each trained alone for {args.epochs} epochs under 2 "
-          f"seeds ({alone_seconds:.0f} s); supernets of {args.steps} steps of {args.batch_size}: "
+          f"{space.num_classes} classes), {args.paths} paths, {alone_text}; supernets of {args.steps} steps of "
+          f"{args.batch_size}: "
           + ", ".join(f"{v} ({supernet_seconds[v]:.0f} s)" for v in variants))
     mean_alone = np.mean(alone, 0)
     print(f"accuracy trained alone: {100 * mean_alone.min():.2f}-{100 * mean_alone.max():.2f}% "
