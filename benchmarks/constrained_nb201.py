@@ -46,6 +46,18 @@ def cost_model(target: str, reference_lut: bool):
     return nas.get_cost_model(target)
 
 
+def seeds_of(args) -> range:
+    """The seeds ``--seeds`` and ``--first-seed`` name."""
+    return range(args.first_seed, args.first_seed + args.seeds)
+
+
+def seeds_line(args, n_searches: int, seconds: float) -> str:
+    """The first line of a NAS-Bench-201 benchmark's output: seeds and searches run."""
+    seeds = seeds_of(args)
+    return (f"NAS-Bench-201 CIFAR-10, {len(seeds)} seeds ({seeds[0]}-{seeds[-1]}), {n_searches} searches in "
+            f"{seconds:.0f} s")
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--first-seed", type=int, default=0,
@@ -114,10 +126,10 @@ def main() -> None:
             top = accuracy[feasible].max()
             settings.append((target, budget, q, feasible.mean(), top))
             tasks += [(label, target, budget, seed, args.checkpoints)
-                      for label in args.searchers for seed in range(args.first_seed, args.first_seed + args.seeds)]
+                      for label in args.searchers for seed in seeds_of(args)]
     start = time.time()
     results = run_all(one_search, tasks, args.jobs)
-    print(f"NAS-Bench-201 CIFAR-10, {args.seeds} seeds ({args.first_seed}-{args.first_seed + args.seeds - 1}), {len(tasks)} searches in {time.time() - start:.0f} s")
+    print(seeds_line(args, len(tasks), time.time() - start))
     print("mean regret in percentage points (std over seeds in brackets); 'proposals/eval': proposals per evaluation (those "
           "over the budget are priced, not evaluated; bayesopt prices its candidates first); 'CPU-s': per search")
     for target, budget, q, share, top in settings:

@@ -17,7 +17,8 @@ import argparse
 import time
 
 import numpy as np
-from constrained_nb201 import STATE, add_common_arguments, prepare, run_all  # also its thread settings
+from constrained_nb201 import (  # also its thread settings
+    STATE, add_common_arguments, prepare, run_all, seeds_line, seeds_of)
 
 import nas
 
@@ -62,10 +63,10 @@ def main() -> None:
         best[target] = hypervolume(np.stack([costs / costs.max(), 1.0 - accuracy], 1))
     # Each number of evaluations is its own search: NSGA-II's sized population depends on it.
     tasks = [(label, target, n, seed) for target in args.targets for n in args.evaluations
-             for label in SEARCHERS for seed in range(args.first_seed, args.first_seed + args.seeds)]
+             for label in SEARCHERS for seed in seeds_of(args)]
     start = time.time()
     results = run_all(one_search, tasks, args.jobs)
-    print(f"NAS-Bench-201 CIFAR-10, {args.seeds} seeds ({args.first_seed}-{args.first_seed + args.seeds - 1}), {len(tasks)} searches in {time.time() - start:.0f} s")
+    print(seeds_line(args, len(tasks), time.time() - start))
     print("hypervolume shortfall x100 against the front of all cells (std over seeds in brackets)")
     for target in args.targets:
         print(f"\ntarget={target}: the front of all cells has hypervolume {best[target]:.4f}")

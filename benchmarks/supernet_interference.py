@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, not an installed copy
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nas  # noqa: E402
 from nas.training.supernet import inherited_accuracy  # noqa: E402
 from supernet_ranking import space_for, train_uib_supernet  # noqa: E402

@@ -238,7 +238,6 @@ def main() -> None:
     space = space_for(args.space, data)
     if args.alone_from:
         paths, alone = saved_paths(args.alone_from, space, args.data, args.epochs)
-        args.paths = len(paths)
     else:
         rng = np.random.default_rng(args.seed)
         base = space.default_arch()
@@ -272,7 +271,7 @@ def main() -> None:
         alone = train_alone_many(args.space, args.data, paths, [args.seed, args.seed + 1], args.epochs, args.jobs)
         alone_text = f"each trained alone for {args.epochs} epochs under 2 seeds ({time.time() - start:.0f} s)"
     print(f"{args.space} on {args.data} ({space.resolution}x{space.resolution}x{space.in_channels}, "
-          f"{space.num_classes} classes), {args.paths} paths, {alone_text}; supernets of {args.steps} steps of "
+          f"{space.num_classes} classes), {len(paths)} paths, {alone_text}; supernets of {args.steps} steps of "
           f"{args.batch_size}: "
           + ", ".join(f"{v} ({supernet_seconds[v]:.0f} s)" for v in variants))
     mean_alone = np.mean(alone, 0)
